@@ -1,0 +1,1 @@
+"""The inference worker: OpenAI-compatible HTTP over a continuous-batching engine and a paged latent cache."""
