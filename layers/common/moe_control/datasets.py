@@ -1,0 +1,81 @@
+"""The dataset manifest: what a user uploads last, under the data bucket's prefix, to start a training run."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MANIFEST_NAME = "manifest.json"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class DatasetFile(BaseModel):
+    """One corpus file, named relative to the manifest's folder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(min_length=1, max_length=1024)
+    size: int = Field(ge=0)
+    sha256: str
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        if v.startswith("/") or ".." in v.split("/"):
+            raise ValueError("path must be relative to the manifest's folder, without '..'")
+        return v
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if not _SHA256.match(v):
+            raise ValueError("sha256 must be 64 lowercase hex digits")
+        return v
+
+
+class TrainingSpec(BaseModel):
+    """How the pipeline trains on this dataset; every field has a default so a bare manifest trains."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = "tiny"
+    max_steps: int = Field(default=200, ge=1, le=10_000_000)
+    checkpoint_every: int = Field(default=50, ge=1)
+    seq_len: int = Field(default=128, ge=8, le=131072)
+    batch_size: int = Field(default=8, ge=1)
+    vocab_size: int = Field(default=2048, ge=260, le=262144)
+    seed: int = 0
+
+
+class DatasetManifest(BaseModel):
+    """A versioned list of UTF-8 text files with sizes and checksums, plus the training spec."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    name: str
+    format: Literal["text"] = "text"
+    files: list[DatasetFile] = Field(min_length=1)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("name must be 1-63 of [a-z0-9-], starting with a letter or digit")
+        return v
+
+    @field_validator("files")
+    @classmethod
+    def _unique(cls, v: list[DatasetFile]) -> list[DatasetFile]:
+        paths = [f.path for f in v]
+        if len(set(paths)) != len(paths):
+            raise ValueError("file paths must be unique")
+        return v
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)

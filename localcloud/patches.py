@@ -1,0 +1,195 @@
+"""Each gap of moto (pinned in pyproject.toml) that the template needs, closed in one place.
+
+Every patch here has a test in tests/localcloud/test_moto_gaps.py that fails if moto's own behaviour under it
+changes (for example, if a new moto implements the target itself), so a moto upgrade is a deliberate act.
+
+1. Lambda: moto runs handler code only in Docker. `LambdaFunction._invoke_lambda`, the one path every invoke
+   takes (API, Step Functions, EventBridge), runs the real handler from functions/ in a warm subprocess instead.
+2. EventBridge: a rule whose target is a Lambda function or a state machine raises NotImplementedError in
+   `Rule.send_to_targets` (an S3 event that meets such a rule is dropped in silence, and later rules are
+   skipped). Lambda targets are invoked asynchronously and state machine targets start an execution, with the
+   target's Input / InputPath / InputTransformer applied. Other targets keep moto's own delivery.
+3. S3 events on EventBridge carry one fixed id and an epoch-number time for every event; EventBridge sends a
+   unique id and an ISO-8601 time. Delivered events get both, so idempotency keys and parsers see real shapes.
+4. Step Functions: `start_execution` without a name names it `None`, so a second unnamed start collides;
+   an unnamed execution gets a UUID, as in AWS.
+5. EventBridge: an event that matches no rule is accepted in silence (as in AWS); the local cloud records every
+   event and the rules it matched, and logs a warning for one that matched none, so a typo is visible.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import logging
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("localcloud")
+
+_BASE_S3_EVENT_ID = "17793124-05d4-b198-2fde-7ededc63b103"
+
+
+class PatchState:
+    """What the patches need from the running local cloud; set by LocalCloud.start()."""
+
+    runtime = None  # localcloud.runtime.LambdaRuntime
+    start_execution: Callable[[str, str], str] | None = (
+        None  # (state machine arn, input json) -> execution arn
+    )
+    events: deque = deque(maxlen=1000)  # (event, matched rule names) records, newest last
+    applied = False
+    _lock = threading.Lock()
+
+
+def _normalise_event(event: dict[str, Any]) -> dict[str, Any]:
+    event = copy.deepcopy(event)
+    event.pop("ingestion-time", None)
+    if event.get("id") in (None, "", _BASE_S3_EVENT_ID):
+        event["id"] = str(uuid.uuid4())
+    when = event.get("time")
+    if isinstance(when, (int, float)):
+        event["time"] = dt.datetime.fromtimestamp(when, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return event
+
+
+def _target_input(target: dict[str, Any], event: dict[str, Any], transform_input: bool) -> Any:
+    from jsonpath_ng.ext import parse as jsonpath
+    from moto.events.utils import EventTemplateParser
+
+    if "Input" in target:
+        return json.loads(target["Input"])
+    if "InputPath" in target:
+        matches = jsonpath(target["InputPath"]).find(event)
+        return matches[0].value if matches else None
+    if "InputTransformer" in target and transform_input:
+        transformer = target["InputTransformer"]
+        parsed = EventTemplateParser.parse(
+            input_template=transformer.get("InputTemplate"),
+            input_paths_map=transformer.get("InputPathsMap", {}),
+            event={**event, "ingestion-time": event.get("time")},
+        )
+        return parsed
+    return event
+
+
+def _deliver(kind: str, arn: str, payload: Any) -> None:
+    try:
+        if kind == "lambda":
+            name = arn.split(":")[6]
+            result = PatchState.runtime.invoke(name, payload)
+            if result.errored:
+                log.warning("EventBridge -> Lambda %s failed: %s", name, json.dumps(result.payload)[:500])
+        else:
+            execution = PatchState.start_execution(arn, json.dumps(payload))
+            log.info("EventBridge -> started %s", execution)
+    except Exception:  # delivery is asynchronous in AWS: a failure never reaches the sender
+        log.exception("EventBridge delivery to %s failed", arn)
+
+
+def apply() -> None:
+    """Install the patches (idempotent). Must run in the process that hosts the moto server."""
+    with PatchState._lock:
+        if PatchState.applied:
+            return
+        _patch_lambda()
+        _patch_rules()
+        _patch_start_execution()
+        PatchState.applied = True
+
+
+def _patch_lambda() -> None:
+    from moto.awslambda.models import LambdaFunction
+
+    def _invoke_lambda(self: LambdaFunction, event: Any = None) -> tuple[str, bool, str]:
+        runtime = PatchState.runtime
+        if runtime is None or not runtime.registered(self.function_name):
+            message = {
+                "errorType": "ResourceNotFoundException",
+                "errorMessage": f"function {self.function_name} has no local code registered",
+            }
+            return json.dumps(message), True, ""
+        if isinstance(event, str):
+            event = json.loads(event) if event else {}
+        result = runtime.invoke(self.function_name, event if event is not None else {})
+        return json.dumps(result.payload, default=str), result.errored, result.logs
+
+    LambdaFunction._invoke_lambda = _invoke_lambda
+
+
+def _patch_rules() -> None:
+    from moto.events.models import Rule
+    from moto.utilities.arns import parse_arn
+
+    original = Rule.send_to_targets
+
+    def send_to_targets(self: Rule, original_event: dict[str, Any], transform_input: bool = True) -> None:
+        if not self.event_pattern.matches_event(original_event):
+            return
+        event = _normalise_event(original_event)
+        _record_match(original_event, self.name)
+        moto_targets = []
+        for target in self.targets:
+            arn = parse_arn(target["Arn"])
+            if arn.service == "lambda" or arn.service == "states":
+                payload = _target_input(target, event, transform_input)
+                kind = "lambda" if arn.service == "lambda" else "states"
+                threading.Thread(target=_deliver, args=(kind, target["Arn"], payload), daemon=True).start()
+            else:
+                moto_targets.append(target)
+        if moto_targets:
+            rule = copy.copy(self)
+            rule.targets = moto_targets
+            original(rule, original_event, transform_input)
+
+    Rule.send_to_targets = send_to_targets
+    Rule._localcloud_original_send_to_targets = original
+
+    from moto.events.models import EventsBackend
+
+    original_put_events = EventsBackend.put_events
+
+    def put_events(self: EventsBackend, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        _matches.names = []
+        try:
+            entries = original_put_events(self, events)
+            matched = _matches.names
+        finally:
+            _matches.names = None
+        if not matched:
+            for e in events:
+                log.warning(
+                    "EventBridge: event source=%s detail-type=%s on bus %s matched no rule",
+                    e.get("Source"),
+                    e.get("DetailType"),
+                    e.get("EventBusName") or "default",
+                )
+                PatchState.events.append({"event": e, "rules": []})
+        return entries
+
+    EventsBackend.put_events = put_events
+
+
+_matches = threading.local()
+
+
+def _record_match(event: dict[str, Any], rule_name: str) -> None:
+    PatchState.events.append({"event": event, "rules": [rule_name]})
+    names = getattr(_matches, "names", None)
+    if names is not None:
+        names.append(rule_name)
+
+
+def _patch_start_execution() -> None:
+    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+    original = StepFunctionsParserBackend.start_execution
+
+    def start_execution(self, state_machine_arn, name=None, execution_input=None, trace_header=None):
+        return original(self, state_machine_arn, name or str(uuid.uuid4()), execution_input, trace_header)
+
+    StepFunctionsParserBackend.start_execution = start_execution

@@ -1,0 +1,27 @@
+"""moectl: the one command-line entry point for people - the local cloud, the demo, training, serving, the model."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    help="Train and serve a DeepSeek-V3-style MoE on AWS, or on the embedded local cloud.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+local_app = typer.Typer(help="The embedded local cloud (moto with its gaps closed) running template.yaml.")
+app.add_typer(local_app, name="local")
+
+# model commands are registered here
+from moe_core.cli_model import app as model_app  # noqa: E402
+
+app.add_typer(model_app, name="model")
+
+# train command is registered here
+
+# serve command is registered here
+
+
+if __name__ == "__main__":
+    app()
