@@ -13,6 +13,11 @@ app = typer.Typer(
 local_app = typer.Typer(help="The embedded local cloud (moto with its gaps closed) running template.yaml.")
 app.add_typer(local_app, name="local")
 
+# Command modules import only typer/rich at the top: torch, moto and boto3 load when a command runs.
+from localcloud.cli import up as local_up  # noqa: E402
+
+local_app.command("up")(local_up)
+
 # model commands are registered here
 from moe_core.cli_model import app as model_app  # noqa: E402
 

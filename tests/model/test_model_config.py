@@ -49,6 +49,16 @@ def test_invalid_configs_are_rejected_with_a_named_error(overrides, message):
 def test_presets_match_the_documented_dimensions():
     mini, lite, v3 = PRESETS["mini"], PRESETS["lite"], PRESETS["deepseek-v3"]
     assert (mini.dim, mini.n_layers, mini.n_routed_experts, mini.n_activated_experts) == (1024, 12, 128, 8)
-    assert (mini.q_lora_rank, mini.kv_lora_rank, mini.n_expert_groups, mini.n_limited_groups) == (384, 256, 8, 4)
-    assert (lite.q_lora_rank, lite.n_routed_experts, lite.n_activated_experts, lite.n_shared_experts) == (0, 64, 6, 2)
+    assert (mini.q_lora_rank, mini.kv_lora_rank, mini.n_expert_groups, mini.n_limited_groups) == (
+        384,
+        256,
+        8,
+        4,
+    )
+    assert (lite.q_lora_rank, lite.n_routed_experts, lite.n_activated_experts, lite.n_shared_experts) == (
+        0,
+        64,
+        6,
+        2,
+    )
     assert v3.latent_cache_dim == 576

@@ -35,7 +35,10 @@ def test_expert_load_counts_every_routed_slot_and_resets_on_bias_update(tiny):
     load = model.expert_load()
     n_routers = tiny.n_moe_layers + tiny.mtp_depth
     assert load.shape == (n_routers, tiny.n_routed_experts)
-    assert load[: tiny.n_moe_layers].sum(dim=1).tolist() == [2 * 16 * tiny.n_activated_experts] * tiny.n_moe_layers
+    assert (
+        load[: tiny.n_moe_layers].sum(dim=1).tolist()
+        == [2 * 16 * tiny.n_activated_experts] * tiny.n_moe_layers
+    )
     assert load[-1].sum() == 2 * 15 * tiny.n_activated_experts  # the MTP block sees T-1 positions
     model.update_router_bias()
     assert model.expert_load().sum() == 0
