@@ -26,6 +26,9 @@ app.add_typer(model_app, name="model")
 # train command is registered here
 
 # serve command is registered here
+from moe_core.serve.cli import serve  # noqa: E402
+
+app.command("serve")(serve)
 
 
 if __name__ == "__main__":
