@@ -24,6 +24,9 @@ from moe_core.cli_model import app as model_app  # noqa: E402
 app.add_typer(model_app, name="model")
 
 # train command is registered here
+from moe_core.train.cli import train  # noqa: E402
+
+app.command("train")(train)
 
 # serve command is registered here
 from moe_core.serve.cli import serve  # noqa: E402

@@ -1,0 +1,96 @@
+"""Processes and parallelism, applied to a plain model from outside: torchrun's environment, FSDP2.
+
+The model never imports anything from here (torchtitan's rule). One process trains alone; several, started
+by torchrun, shard the model with FSDP2 (`fully_shard`) per transformer block, over NCCL on GPUs or gloo on
+CPUs, and split each global batch between them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    checkpoint_group: Any = None  # a gloo group for checkpoint collectives, apart from the training traffic
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_local_main(self) -> bool:
+        return self.local_rank == 0
+
+
+def init_distributed(device: str = "auto") -> Dist:
+    """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK (absent: one process) and pick the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but no CUDA device is visible")
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    d = Dist(rank, local_rank, world, dev)
+    if world > 1:
+        timeout = datetime.timedelta(seconds=int(os.environ.get("MOE_DIST_TIMEOUT_S", "1800")))
+        dist.init_process_group(
+            "nccl" if use_cuda else "gloo", timeout=timeout, device_id=dev if use_cuda else None
+        )
+        d.checkpoint_group = dist.new_group(backend="gloo", timeout=timeout)
+    return d
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def apply_fsdp(model: torch.nn.Module, d: Dist, param_dtype: torch.dtype | None) -> torch.nn.Module:
+    """Shard every block, the MTP blocks and then the root (embedding, norm, head) with FSDP2.
+
+    Stacked routed-expert weights [E, ...] are sharded on dim 0, the expert dimension, so each rank holds
+    whole experts between all-gathers. On GPU parameters are gathered in bf16 and gradients reduced in fp32.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for block in model.layers:
+        fully_shard(block, mp_policy=mp)
+    for m in model.mtp:
+        fully_shard(m, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.world_size > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def any_rank(flag: bool, d: Dist) -> bool:
+    """True on every rank if ``flag`` is true on any (so all ranks stop at the same step)."""
+    if d.world_size == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], device=d.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def barrier(d: Dist) -> None:
+    if d.world_size > 1:
+        dist.barrier()
