@@ -309,4 +309,5 @@ def offload_experts(
             layer.ffn.experts = TieredRoutedExperts(store, layer.layer_id)
     del weights, first
     store.warm(plan or plan_placement({}, gpu_slots, 0, store.moe_layers, cfg.n_routed_experts))
+    store.reset_counters()
     return store
