@@ -372,9 +372,11 @@ class RoutedExperts(nn.Module):
 
     def _forward_grouped(self, x: Tensor, counts: Tensor) -> Tensor:
         offs = counts.cumsum(0).to(torch.int32)
-        h = F.silu(torch._grouped_mm(x, self.w1.transpose(-2, -1), offs=offs))
-        h = h * torch._grouped_mm(x, self.w3.transpose(-2, -1), offs=offs)
-        return torch._grouped_mm(h, self.w2.transpose(-2, -1), offs=offs)
+        # One GEMM for w1 and w3 together: N = 2 * inter keeps the small per-expert GEMMs busier, and the
+        # concatenation (a copy of w1 and w3) costs far less than a second grouped kernel.
+        w13 = torch.cat([self.w1, self.w3], dim=1)
+        gate, up = torch._grouped_mm(x, w13.transpose(-2, -1), offs=offs).chunk(2, dim=-1)
+        return torch._grouped_mm(F.silu(gate) * up, self.w2.transpose(-2, -1), offs=offs)
 
     def _forward_loop(self, x: Tensor, counts: Tensor) -> Tensor:
         outs = []
