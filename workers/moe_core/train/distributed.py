@@ -65,7 +65,7 @@ def apply_fsdp(model: torch.nn.Module, d: Dist, param_dtype: torch.dtype | None)
     Stacked routed-expert weights [E, ...] are sharded on dim 0, the expert dimension, so each rank holds
     whole experts between all-gathers. On GPU parameters are gathered in bf16 and gradients reduced in fp32.
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for block in model.layers:
@@ -73,6 +73,8 @@ def apply_fsdp(model: torch.nn.Module, d: Dist, param_dtype: torch.dtype | None)
     for m in model.mtp:
         fully_shard(m, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
+    # The trainer calls model.loss(), not forward(): FSDP2 must gather the root's parameters for it too.
+    register_fsdp_forward_method(model, "loss")
     return model
 
 
