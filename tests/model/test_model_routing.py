@@ -100,6 +100,33 @@ def test_experts_equal_a_token_by_token_reference():
         assert torch.allclose(y[t], ref, atol=1e-5)
 
 
+def test_expert_gradients_equal_those_of_a_token_by_token_reference():
+    experts, x, idx, weights = _experts_and_inputs(torch.float32)
+    silu = torch.nn.functional.silu
+    grads = []
+    for reference in (False, True):
+        experts.zero_grad()
+        xg = x.clone().requires_grad_()
+        if reference:
+            y = torch.stack(
+                [
+                    sum(
+                        weights[t, j]
+                        * (experts.w2[e] @ (silu(experts.w1[e] @ xg[t]) * (experts.w3[e] @ xg[t])))
+                        for j, e in enumerate(idx[t].tolist())
+                    )
+                    for t in range(x.shape[0])
+                ]
+            )
+        else:
+            experts.use_grouped_mm = True
+            y = experts(xg, idx, weights)
+        y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
+        grads.append((xg.grad, experts.w1.grad.clone(), experts.w2.grad.clone(), experts.w3.grad.clone()))
+    for got, want in zip(grads[0], grads[1], strict=True):
+        assert torch.allclose(got, want, atol=1e-5)
+
+
 def test_bias_update_lowers_expert_load_imbalance_on_skewed_input():
     config = ModelConfig.from_preset(
         "tiny", n_layers=2, n_dense_layers=1, mtp_depth=0, bias_update_speed=1e-2

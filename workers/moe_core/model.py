@@ -326,6 +326,36 @@ class Router(nn.Module):
         self.expert_counts.zero_()
 
 
+class _GatherTokens(torch.autograd.Function):
+    """x[order // k]: each token copied to its k expert slots. The backward sums a token's k slot gradients
+    through the inverse permutation (a gather) instead of autograd's generic scatter-add of indexing."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, order: Tensor, inverse: Tensor, k: int) -> Tensor:
+        ctx.save_for_backward(inverse)
+        ctx.k = k
+        return x[order // k]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (inverse,) = ctx.saved_tensors
+        return grad[inverse].unflatten(0, (-1, ctx.k)).sum(dim=1), None, None, None
+
+
+class _Permute(torch.autograd.Function):
+    """y[inverse] for a permutation: the backward is the gather by the forward permutation `order`."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, inverse: Tensor, order: Tensor) -> Tensor:
+        ctx.save_for_backward(order)
+        return y[inverse]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (order,) = ctx.saved_tensors
+        return grad[order], None, None
+
+
 def grouped_mm_available() -> bool:
     return hasattr(torch, "_grouped_mm")
 
@@ -359,14 +389,14 @@ class RoutedExperts(nn.Module):
         counts = torch.zeros(self.n_experts, dtype=torch.int64, device=x.device).scatter_add_(
             0, flat, torch.ones_like(flat)
         )
-        x_sorted = x[order // k]
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        x_sorted = _GatherTokens.apply(x, order, inverse, k)
         if self._grouped(x):
             y_sorted = self._forward_grouped(x_sorted, counts)
         else:
             y_sorted = self._forward_loop(x_sorted, counts)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        y = y_sorted[inverse].view(n_tokens, k, -1)
+        y = _Permute.apply(y_sorted, inverse, order).view(n_tokens, k, -1)
         # [N,1,k] @ [N,k,dim]: the weighted sum over a token's experts in one batched matmul.
         return torch.bmm(topk_weight.unsqueeze(1).to(y.dtype), y).squeeze(1)
 
