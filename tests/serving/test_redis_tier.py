@@ -33,10 +33,6 @@ def test_redis_tier_round_trips_expert_weights_bit_exactly(redis_tier, dtype):
     back = redis_tier.get((3, 7))
     for n, w in weights.items():
         assert back[n].dtype == dtype and back[n].shape == w.shape
-        assert torch.equal(
-            back[n].view(torch.uint8 if dtype != torch.float32 else torch.int32).flatten()[:0],
-            back[n].view(torch.uint8 if dtype != torch.float32 else torch.int32).flatten()[:0],
-        )
         assert back[n].contiguous().view(torch.uint8).tolist() == w.contiguous().view(torch.uint8).tolist()
     assert redis_tier.get((3, 8)) is None
 
