@@ -81,6 +81,7 @@ class CheckpointManager:
         keep: int = 3,
         async_save: bool = False,
         process_group: Any = None,
+        timing_log: Path | None = None,
     ):
         self.store = store
         self.run_id = run_id
@@ -94,6 +95,8 @@ class CheckpointManager:
         self._pending_error: BaseException | None = None
         self.skipped: list[SkippedCheckpoint] = []
         self.last_saved_step: int | None = None
+        self.timing_log = timing_log  # rank 0 appends {"step", "complete_s"}: save start to manifest written
+        self._started: dict[int, float] = {}
 
     # ---- saving -----------------------------------------------------------------------------------------
     def _staging(self, step: int) -> Path:
@@ -108,6 +111,7 @@ class CheckpointManager:
         upload, the part lists and the manifest finish in a background thread."""
         t0 = time.perf_counter()
         self.wait()
+        self._started[step] = t0
         staging = self._staging(step)
         if self.rank == 0:
             # A folder of this step can only be left from an attempt that died before its manifest.
@@ -170,7 +174,15 @@ class CheckpointManager:
             deleted = prune_checkpoints(self.store, self.keep)
             if deleted:
                 log.info("pruned checkpoints of steps %s (keeping %d)", deleted, self.keep)
-            log.info("checkpoint of step %d complete at %s", step, self.store.step_location(step))
+            took = time.perf_counter() - self._started.pop(step, time.perf_counter())
+            log.info(
+                "checkpoint of step %d complete at %s (%.2f s)", step, self.store.step_location(step), took
+            )
+            if self.timing_log is not None:
+                with self.timing_log.open("a") as f:
+                    f.write(
+                        json.dumps({"step": step, "complete_s": took, "bytes": manifest.total_bytes}) + "\n"
+                    )
         if not self.local:
             shutil.rmtree(staging, ignore_errors=True)
         self.last_saved_step = step

@@ -71,6 +71,8 @@ def train(
     ] = "float32",
     stdlib_bytes: Annotated[int | None, typer.Option(help="Size of the 'stdlib' corpus in bytes")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
+    export: Annotated[bool, typer.Option(help="Write the final model artifact")] = True,
+    final_checkpoint: Annotated[bool, typer.Option(help="Checkpoint the last step too")] = True,
 ) -> None:
     """Train a MoE model; resumes from the newest complete checkpoint of the run."""
     from moe_core.train.errors import EXIT_DONE, BadInput, Preempted, TrainingError
@@ -105,6 +107,8 @@ def train(
         param_dtype=param_dtype,
         stdlib_bytes=stdlib_bytes,
         progress=progress,
+        export=export,
+        final_checkpoint=final_checkpoint,
     )
     reporter.start_heartbeats()
     try:

@@ -25,6 +25,11 @@ class Dist:
     checkpoint_group: Any = None  # a gloo group for checkpoint collectives, apart from the training traffic
 
     @property
+    def fsdp(self) -> bool:
+        """FSDP2 shards across processes; on a GPU it also gives one process bf16 compute over fp32 weights."""
+        return self.world_size > 1 or self.device.type == "cuda" or os.environ.get("MOE_FORCE_FSDP") == "1"
+
+    @property
     def is_main(self) -> bool:
         return self.rank == 0
 
@@ -45,13 +50,27 @@ def init_distributed(device: str = "auto") -> Dist:
     if use_cuda:
         torch.cuda.set_device(dev)
     d = Dist(rank, local_rank, world, dev)
-    if world > 1:
+    if d.fsdp:
         timeout = datetime.timedelta(seconds=int(os.environ.get("MOE_DIST_TIMEOUT_S", "1800")))
-        dist.init_process_group(
-            "nccl" if use_cuda else "gloo", timeout=timeout, device_id=dev if use_cuda else None
-        )
+        backend = "nccl" if use_cuda else "gloo"
+        device_id = dev if use_cuda else None
+        if "MASTER_ADDR" in os.environ:
+            dist.init_process_group(backend, timeout=timeout, device_id=device_id)
+        else:  # one process not started by torchrun: a group of one
+            init = f"tcp://127.0.0.1:{_free_port()}"
+            dist.init_process_group(
+                backend, init_method=init, rank=0, world_size=1, timeout=timeout, device_id=device_id
+            )
         d.checkpoint_group = dist.new_group(backend="gloo", timeout=timeout)
     return d
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def shutdown_distributed() -> None:

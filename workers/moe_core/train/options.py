@@ -42,6 +42,9 @@ class TrainOptions:
     param_dtype: str = "float32"  # float32 | bfloat16 (bf16 weights and optimizer state: lite on two GPUs)
     stdlib_bytes: int | None = None
     export: bool = True
+    final_checkpoint: bool = (
+        True  # also checkpoint the last step when it is not a multiple of checkpoint_every
+    )
     progress: bool = True
     model_overrides: dict = field(default_factory=dict)
 

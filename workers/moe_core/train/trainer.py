@@ -27,7 +27,15 @@ from moe_core.data.prepare import PreparedData, ensure_shards, ensure_tokenizer
 from moe_core.data.sampler import PackedSampler, SamplerError
 from moe_core.data.tokenizer import TokenizerError
 from moe_core.train.checkpoint import CheckpointManager
-from moe_core.train.distributed import Dist, all_reduce_sum, any_rank, apply_fsdp, barrier, init_distributed
+from moe_core.train.distributed import (
+    Dist,
+    all_reduce_sum,
+    any_rank,
+    apply_fsdp,
+    barrier,
+    init_distributed,
+    shutdown_distributed,
+)
 from moe_core.train.errors import BadInput, Diverged, Preempted
 from moe_core.train.metrics import (
     LOSS_CURVE_FILE,
@@ -156,8 +164,9 @@ def _prepare_data(dataset: LocalDataset, r: ResolvedOptions, d: Dist, data_dir: 
 
 
 def build_config(r: ResolvedOptions, tokenizer_vocab: int) -> ModelConfig:
+    """The preset's model; its vocabulary grows (to a multiple of 64) only if the tokenizer needs more."""
     base = ModelConfig.from_preset(r.preset)
-    vocab = -(-tokenizer_vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    vocab = max(base.vocab_size, -(-tokenizer_vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE)
     overrides = {"vocab_size": vocab, "max_seq_len": max(base.max_seq_len, r.seq_len), **r.model_overrides}
     return ModelConfig.from_preset(r.preset, **overrides)
 
@@ -172,7 +181,7 @@ def _build_model(cfg: ModelConfig, r: ResolvedOptions, d: Dist):
         model = Transformer(cfg)
     if r.param_dtype == "bfloat16":
         model = model.to(torch.bfloat16)
-    if d.world_size > 1:
+    if d.fsdp:
         apply_fsdp(model, d, torch.bfloat16 if d.device.type == "cuda" else None)
     model.train()
     return model
@@ -183,8 +192,7 @@ def _build_optimizer(model, r: ResolvedOptions, d: Dist) -> torch.optim.Optimize
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or name == "embed.weight" else decay).append(p)
     groups = [{"params": decay, "weight_decay": r.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = d.device.type == "cuda" and d.world_size == 1
-    return torch.optim.AdamW(groups, lr=r.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=r.lr, betas=(0.9, 0.95), eps=1e-8)
 
 
 def _grad_norm(model, max_norm: float) -> float:
@@ -203,6 +211,7 @@ def run_training(opts: TrainOptions) -> TrainResult:
         return _train(opts, d, stop)
     finally:
         stop.uninstall()
+        shutdown_distributed()
 
 
 def _s3_client_if_needed(*uris: str | None):
@@ -252,6 +261,7 @@ def _train(opts: TrainOptions, d: Dist, stop: _StopFlag) -> TrainResult:
         keep=r.keep,
         async_save=r.async_save,
         process_group=d.checkpoint_group,
+        timing_log=out / "checkpoint_times.jsonl",
     )
     t_resume = time.perf_counter()
     point = ckpt.resume_point()
@@ -281,6 +291,9 @@ def _train(opts: TrainOptions, d: Dist, stop: _StopFlag) -> TrainResult:
         routing_totals = np.asarray(state["routing_totals"], dtype=np.float64)
         resume_seconds = time.perf_counter() - t_resume
         log.info("resumed at step %d in %.2f s", step, resume_seconds)
+        if d.is_main:
+            resume = {"step": step, "seconds": resume_seconds, "checkpoint_bytes": point[0].total_bytes}
+            (out / "resume.json").write_text(json.dumps(resume))
 
     metrics = MetricsLogger(
         out, enabled=d.is_main, max_steps=r.max_steps, port=r.metrics_port, progress=r.progress
@@ -309,9 +322,8 @@ def _train(opts: TrainOptions, d: Dist, stop: _StopFlag) -> TrainResult:
             "seq_len": r.seq_len,
         }
 
-    def save(blocking_key: str = "checkpoint_s") -> None:
+    def save() -> None:
         secs = ckpt.save(step, model, optimizer, trainer_state(), data.tokenizer_path, last_record)
-        last_record[blocking_key] = secs
         if d.is_main:
             log.info(
                 "checkpoint of step %d: %.3f s blocking (%s)", step, secs, "async" if r.async_save else "sync"
@@ -366,12 +378,16 @@ def _train(opts: TrainOptions, d: Dist, stop: _StopFlag) -> TrainResult:
                 "tokens_per_s": tps,
                 "mfu": (fpt * tps / (peak * d.world_size)) if peak else None,
                 "grad_norm": grad_norm,
+                "max_memory_gib": torch.cuda.max_memory_allocated(d.device) / 2**30
+                if d.device.type == "cuda"
+                else None,
                 "expert_load_max_over_mean": imbalance,
                 "step_s": dt,
             }
-            if step % r.checkpoint_every == 0 or step == r.max_steps:
-                save()
+            # Logged before the checkpoint: a kill in between must not leave a checkpoint without its line.
             metrics.log(last_record)
+            if step % r.checkpoint_every == 0 or (step == r.max_steps and r.final_checkpoint):
+                save()
         ckpt.wait()
     finally:
         metrics.close()
