@@ -118,6 +118,7 @@ def _patch_lambda() -> None:
         result = runtime.invoke(self.function_name, event if event is not None else {})
         return json.dumps(result.payload, default=str), result.errored, result.logs
 
+    LambdaFunction._localcloud_original_invoke_lambda = LambdaFunction._invoke_lambda
     LambdaFunction._invoke_lambda = _invoke_lambda
 
 
@@ -171,6 +172,7 @@ def _patch_rules() -> None:
                 PatchState.events.append({"event": e, "rules": []})
         return entries
 
+    EventsBackend._localcloud_original_put_events = original_put_events
     EventsBackend.put_events = put_events
 
 
@@ -192,4 +194,5 @@ def _patch_start_execution() -> None:
     def start_execution(self, state_machine_arn, name=None, execution_input=None, trace_header=None):
         return original(self, state_machine_arn, name or str(uuid.uuid4()), execution_input, trace_header)
 
+    StepFunctionsParserBackend._localcloud_original_start_execution = original
     StepFunctionsParserBackend.start_execution = start_execution

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -83,3 +84,20 @@ def redis_url() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="package")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The local cloud with the real template.yaml deployed (samconfig's `local` profile), one per test package.
+
+    Never combine with moto's `mock_aws` in the same package: it resets moto's (process-global) state.
+    """
+    from localcloud.cloud import LocalCloud
+
+    c = LocalCloud(state_dir=tmp_path_factory.mktemp("localcloud"))
+    c.start()
+    try:
+        c.deploy()
+        yield c
+    finally:
+        c.stop()
