@@ -19,6 +19,7 @@ def test_saved_model_loads_back_with_identical_outputs_and_router_bias(tiny, tmp
     assert {p.name for p in tmp_path.iterdir()} == {"config.json", "model.safetensors"}
     loaded = load_model(tmp_path).eval()
     assert loaded.config == tiny
+    assert loaded.expert_load().sum() == 0  # the counters are not in the file and start from zero
     tokens = torch.randint(0, tiny.vocab_size, (2, 16))
     with torch.no_grad():
         assert torch.equal(model(tokens), loaded(tokens))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moe_core.model import KVLatentCache, PositionError, Transformer
+from moe_core.model import KVLatentCache, LatentCache, PositionError, Transformer
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -29,6 +29,7 @@ def test_absorbed_decode_with_cache_equals_naive_full_forward(tiny, q_lora_rank)
 
 def test_cache_holds_only_the_latent_and_rope_key(tiny):
     cache = KVLatentCache(tiny, max_batch=2, max_seq=8)
+    assert isinstance(cache, LatentCache)
     per_token_per_layer = cache.c_kv.shape[-1] + cache.k_pe.shape[-1]
     assert per_token_per_layer == tiny.kv_lora_rank + tiny.qk_rope_head_dim == tiny.latent_cache_dim
 

@@ -87,7 +87,7 @@ def load_model(
         )
     model.to_empty(device=device)
     model.load_state_dict(state, strict=True)
-    model.rope.reset_tables()
+    model.reset_buffers()
     if dtype is not None:
         model.to(dtype)
     return model

@@ -523,7 +523,6 @@ class Transformer(nn.Module):
                 nn.init.trunc_normal_(ffn.experts.w3, std=depth_std)
                 nn.init.trunc_normal_(ffn.gate.weight, std=depth_std)
                 ffn.gate.bias.zero_()
-                ffn.gate.expert_counts.zero_()
         for module in self.modules():
             if isinstance(module, RMSNorm):
                 module.weight.fill_(1.0)
@@ -531,7 +530,15 @@ class Transformer(nn.Module):
             nn.init.trunc_normal_(m.proj.weight, std=base_std)
         std = self.config.dim**-0.5
         nn.init.trunc_normal_(self.head.weight, std=std, a=-3 * std, b=3 * std)
+        self.reset_buffers()
+
+    @torch.no_grad()
+    def reset_buffers(self) -> None:
+        """Recompute what no checkpoint holds (RoPE tables) and zero the routing counters. Call after
+        `to_empty()` on a model built on the meta device: those buffers are uninitialised memory then."""
         self.rope.reset_tables()
+        for router in self.routers():
+            router.expert_counts.zero_()
 
     # ---- forward ----------------------------------------------------------------------------------------
     def hidden_states(
