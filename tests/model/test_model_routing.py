@@ -149,3 +149,22 @@ def test_bias_update_lowers_expert_load_imbalance_on_skewed_input():
             model.update_router_bias()
     assert ratios[0] > 2.0
     assert sum(ratios[-5:]) / 5 < 0.6 * ratios[0]
+
+
+def test_sequence_balance_loss_matches_deepseek_v3_formula():
+    router = _router(seq_aux_loss_alpha=0.1)
+    router.train()
+    bsz, seqlen, n_exp, k = 3, 10, router.n_experts, router.topk
+    x = torch.randn(bsz * seqlen, router.weight.shape[1])
+    _, idx = router(x, (bsz, seqlen))
+    scores = torch.sigmoid(x @ router.weight.T).view(bsz, seqlen, n_exp)
+    expected = 0.0
+    for b in range(bsz):
+        chosen = idx.view(bsz, seqlen, k)[b]
+        f = torch.tensor([(chosen == i).any(dim=1).sum().item() for i in range(n_exp)]) * n_exp / (k * seqlen)
+        p = (scores[b] / scores[b].sum(dim=-1, keepdim=True)).mean(dim=0)
+        expected += 0.1 * (f * p).sum() / bsz
+    assert torch.allclose(router.aux_loss, expected, atol=1e-6)
+    router.eval()
+    router(x, (bsz, seqlen))
+    assert router.aux_loss is None  # only in training

@@ -59,3 +59,16 @@ def test_tiny_model_overfits_one_small_batch(tiny):
         first = first if first is not None else out.lm_loss.item()
     assert first > 7.0
     assert out.lm_loss.item() < 0.5
+
+
+def test_initialisation_follows_the_torchtitan_deepseek_v3_scheme():
+    config = ModelConfig.from_preset("tiny", dim=256, vocab_size=4096)
+    model = Transformer(config)
+    assert abs(model.embed.weight.std().item() - 1.0) < 0.02
+    assert abs(model.head.weight.std().item() - config.dim**-0.5) < 0.1 * config.dim**-0.5
+    last = model.layers[-1]
+    depth_std = 0.02 / (2 * config.n_layers) ** 0.5
+    assert abs(last.attn.wo.weight.std().item() - depth_std) < 0.1 * depth_std
+    assert abs(last.attn.wkv_a.weight.std().item() - 0.02) < 0.002
+    assert torch.equal(last.ffn.gate.bias, torch.zeros(config.n_routed_experts))
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in (last.attn_norm, last.attn.kv_norm))
