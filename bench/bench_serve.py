@@ -84,10 +84,12 @@ def unique_experts_per_step(model: Transformer, engine: LLMEngine, batch: int, p
         for r in model.routers()
     ]
     try:
+        g = torch.Generator().manual_seed(1234 + batch)
+        params = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
+        vocab = model.config.vocab_size
+        # distinct random prompts: identical ones would route identically and touch only top-k experts
         seqs = [
-            engine.add_request(
-                list(range(1, prompt_len + 1)), SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
-            )
+            engine.add_request(torch.randint(0, vocab, (prompt_len,), generator=g).tolist(), params)
             for _ in range(batch)
         ]
         engine.step()  # prefill
@@ -418,6 +420,10 @@ def main() -> None:
     ap.add_argument("--store-tokens", type=int, default=32)
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile'd layers under graphs")
     ap.add_argument("--simulate-only", action="store_true")
+    ap.add_argument("--sections", default="decode,hf,store,simulate")
+    ap.add_argument(
+        "--no-pin", action="store_true", help="host tier in pageable memory (pinning 29 GB takes ~50 s)"
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -470,8 +476,9 @@ def main() -> None:
             ),
         )
 
-    variants = [("eager", False, False)]
-    if device.type == "cuda":
+    sections = set(args.sections.split(","))
+    variants = [("eager", False, False)] if "decode" in sections else []
+    if device.type == "cuda" and "decode" in sections:
         variants.append(("CUDA graphs", True, False))
         if args.compile:
             variants.append(("compile + CUDA graphs", True, True))
@@ -518,6 +525,8 @@ def main() -> None:
 
     best = {b: max((v for (n, bb), v in results.items() if bb == b), default=None) for b in batches}
     try:
+        if "decode" not in sections:
+            raise _Skip
         engine = engine_for(device.type == "cuda", False, max_seqs=8)
         t = ttft(engine, args.ttft_prompt, cfg.vocab_size)
         t_short = ttft(engine, args.prompt_len, cfg.vocab_size)
@@ -527,11 +536,29 @@ def main() -> None:
         )
         say()
         del engine
+    except _Skip:
+        pass
     except Exception:
         traceback.print_exc()
         say(f"TTFT failed: {traceback.format_exc(limit=1).splitlines()[-1][:150]}")
 
     # Hugging Face transformers on the same weights
+    if "hf" in sections:
+        hf_section(model, args, cfg, best, ours_outputs)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if "store" in sections:
+        store_section(model, args, cfg, device, trace, moe_layers)
+    if trace is not None and "simulate" in sections:
+        simulate_policies(trace, 64, trace.shape[2])
+    _write(args.out)
+
+
+class _Skip(Exception):
+    pass
+
+
+def hf_section(model, args, cfg, best, ours_outputs) -> None:
     say("### Hugging Face transformers `DeepseekV3ForCausalLM.generate` on the same weights")
     say()
     try:
@@ -569,16 +596,13 @@ def main() -> None:
         traceback.print_exc()
         say(f"transformers baseline failed: {traceback.format_exc(limit=2).splitlines()[-1][:200]}")
     say()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
-    # the tiered expert store
-    say(
-        "### Tiered expert store: decode at 100/50/25% of experts in GPU slots (the rest in pinned host memory)"
-    )
+
+def store_section(model, args, cfg, device, trace, moe_layers) -> None:
+    say("### Tiered expert store: decode at 100/50/25% of experts in GPU slots (the rest in host memory)")
     say()
     try:
-        res = Residency(model, pin=device.type == "cuda")
+        res = Residency(model, pin=device.type == "cuda" and not args.no_pin)
         say(
             f"Host tier seeded with all {len(res.original) * cfg.n_routed_experts} experts in {res.seed_s:.1f} s. "
             "Eager decode (a miss copies the expert host -> GPU on the critical path), batch 1, "
@@ -638,9 +662,6 @@ def main() -> None:
         traceback.print_exc()
         say(f"expert store bench failed: {traceback.format_exc(limit=2).splitlines()[-1][:200]}")
     say()
-    if trace is not None:
-        simulate_policies(trace, 64, trace.shape[2])
-    _write(args.out)
 
 
 def _write(out: str | None) -> None:

@@ -77,8 +77,6 @@ class ExpertStore:
         self.prefetch_hits = 0
         self._prefetched: dict[int, set[int]] = defaultdict(set)
         self._follows = {layer: np.zeros((n_experts, n_experts)) for layer in moe_layers}
-        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        self._ready: dict[int, torch.cuda.Event] = {}
 
     # ---- tiers ------------------------------------------------------------------------------------------
     def _fetch(self, key: ExpertKey) -> ExpertWeights:
@@ -109,12 +107,10 @@ class ExpertStore:
     def _load(self, layer: int, expert: int, protected: set[int]) -> None:
         weights = self._fetch((layer, expert))
         slot = self._slot_for(layer, protected)
-        stream = self._copy_stream
-        ctx = torch.cuda.stream(stream) if stream is not None else _nullcontext()
-        with ctx:
-            for n in WEIGHT_NAMES:
-                self.slots[layer][n][slot].copy_(weights[n], non_blocking=True)
-            self.slot_of[layer][expert] = slot
+        # On the compute stream: the copy must wait for queued kernels that still read the slot's old expert.
+        for n in WEIGHT_NAMES:
+            self.slots[layer][n][slot].copy_(weights[n], non_blocking=True)
+        self.slot_of[layer][expert] = slot
         self.resident[layer][expert] = slot
 
     def warm(self, plan: PlacementPlan) -> None:
@@ -133,11 +129,6 @@ class ExpertStore:
                 for e, c in enumerate(plan.counts[layer]):
                     policy.score[e] = 4.0 * c / total
                     policy.stamp[e] = 0
-        self._sync_copies()
-
-    def _sync_copies(self) -> None:
-        if self._copy_stream is not None:
-            torch.cuda.current_stream(self.device).wait_stream(self._copy_stream)
 
     # ---- the forward path -------------------------------------------------------------------------------
     def ensure(self, layer: int, experts: list[int]) -> Tensor:
@@ -158,7 +149,6 @@ class ExpertStore:
             else:
                 self.counters["gpu"].misses += 1
                 self._load(layer, e, protected)
-        self._sync_copies()
         return self.slot_of[layer]
 
     def observe(self, layer: int, needed: list[int]) -> None:
@@ -193,14 +183,6 @@ class ExpertStore:
         for c in self.counters.values():
             c.hits = c.misses = 0
         self.prefetches = self.prefetch_hits = 0
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 class TieredRoutedExperts(RoutedExperts):
