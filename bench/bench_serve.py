@@ -523,6 +523,16 @@ def main() -> None:
             torch.cuda.empty_cache()
     say()
 
+    if "uniq" in sections:
+        engine = engine_for(False)
+        counted = {b: unique_experts_per_step(model, engine, b, args.prompt_len) for b in batches}
+        say(
+            "Distinct routed experts per MoE layer in one decode step (distinct random prompts): "
+            + ", ".join(f"batch {b}: {u:.1f}" for b, u in counted.items())
+            + "."
+        )
+        say()
+        del engine
     best = {b: max((v for (n, bb), v in results.items() if bb == b), default=None) for b in batches}
     try:
         if "decode" not in sections:
