@@ -193,9 +193,17 @@ def list_models(status: ApprovalStatus | None = None, group: str | None = None) 
 
 def _set_status(arn_or_group_version: str, status: ApprovalStatus, description: str) -> ModelVersion:
     model = get_model(arn_or_group_version)  # a clear ModelPackageNotFound before the update
-    client("sagemaker").update_model_package(
-        ModelPackageArn=model.arn, ModelApprovalStatus=status, ApprovalDescription=description[:1024]
-    )
+    sm = client("sagemaker")
+    current = sm.describe_model_package(ModelPackageName=model.arn).get("CustomerMetadataProperties") or {}
+    update: dict[str, Any] = {
+        "ModelPackageArn": model.arn,
+        "ModelApprovalStatus": status,
+        "ApprovalDescription": description[:1024],
+    }
+    if current:
+        # Sending the same properties back changes nothing in SageMaker; moto 5.2.5 would otherwise drop them.
+        update["CustomerMetadataProperties"] = current
+    sm.update_model_package(**update)
     return get_model(model.arn)
 
 
