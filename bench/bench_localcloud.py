@@ -42,11 +42,15 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for _ in range(args.runs):
-        out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, check=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD], capture_output=True, text=True, check=True, timeout=120
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     keys = ["import", "server", "transform", "deploy", "ready", "first_request", "warm_request"]
-    print(f"machine: {platform.node()} {os.cpu_count()} cores, {platform.python_version()}; runs: {args.runs}; "
-          f"resources deployed: {rows[0]['resources']}")
+    print(
+        f"machine: {platform.node()} {os.cpu_count()} cores, {platform.python_version()}; runs: {args.runs}; "
+        f"resources deployed: {rows[0]['resources']}"
+    )
     print("| phase | median s | max s |")
     print("| --- | ---: | ---: |")
     for k in keys:

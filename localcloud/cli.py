@@ -58,7 +58,9 @@ def up(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every delivery and API call."),
 ) -> None:
     """Start the local cloud, deploy the template, print the endpoints, and stay up until Ctrl-C."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
+    )
     started = time.monotonic()
     cloud = start_cloud(port, template, profile)
     console.print(endpoints_table(cloud))

@@ -72,6 +72,8 @@ class LocalCloud:
 
         started = time.monotonic()
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        # moto's ASL engine logs every failed state at ERROR; the execution's history and error say it once.
+        logging.getLogger("moto.stepfunctions").setLevel(logging.CRITICAL)
         try:
             # make_server binds here, in this thread: a taken port is an error now, not a hung start.
             self._server = make_server(

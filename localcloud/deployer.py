@@ -493,6 +493,31 @@ class Deployer:
         )
         self._set(lid, arn["SubscriptionArn"])
 
+    def _api_key(self, lid: str, p: dict[str, Any]) -> None:
+        kwargs = {"name": p.get("Name", lid), "enabled": p.get("Enabled", True) in (True, "true")}
+        if "Value" in p:
+            kwargs["value"] = p["Value"]
+        key = self.clients("apigateway").create_api_key(**kwargs)
+        self._set(lid, key["id"], APIKeyId=key["id"])
+
+    def _usage_plan(self, lid: str, p: dict[str, Any]) -> None:
+        stages = [{"apiId": s["ApiId"], "stage": s["Stage"]} for s in p.get("ApiStages", [])]
+        kwargs: dict[str, Any] = {"name": p.get("UsagePlanName", lid), "apiStages": stages}
+        if "Throttle" in p:
+            t = p["Throttle"]
+            kwargs["throttle"] = {
+                "burstLimit": int(t.get("BurstLimit", 0)),
+                "rateLimit": float(t.get("RateLimit", 0)),
+            }
+        plan = self.clients("apigateway").create_usage_plan(**kwargs)
+        self._set(lid, plan["id"], Id=plan["id"])
+
+    def _usage_plan_key(self, lid: str, p: dict[str, Any]) -> None:
+        self.clients("apigateway").create_usage_plan_key(
+            usagePlanId=p["UsagePlanId"], keyId=p["KeyId"], keyType=p.get("KeyType", "API_KEY")
+        )
+        self._set(lid, f"{p['UsagePlanId']}:{p['KeyId']}")
+
     def _record_only(self, lid: str, p: dict[str, Any]) -> None:
         """Resources with no effect on the local cloud (IAM is not enforced): recorded so references resolve."""
         self._set(lid, f"{self._d.stack_name}-{lid}")
@@ -510,6 +535,9 @@ class Deployer:
         "AWS::ApiGateway::RestApi": _rest_api,
         "AWS::ApiGateway::Deployment": _api_deployment,
         "AWS::ApiGateway::Stage": _api_stage,
+        "AWS::ApiGateway::ApiKey": _api_key,
+        "AWS::ApiGateway::UsagePlan": _usage_plan,
+        "AWS::ApiGateway::UsagePlanKey": _usage_plan_key,
         "AWS::SageMaker::ModelPackageGroup": _model_package_group,
         "AWS::KMS::Key": _kms_key,
         "AWS::KMS::Alias": _kms_alias,

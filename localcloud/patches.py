@@ -15,6 +15,11 @@ changes (for example, if a new moto implements the target itself), so a moto upg
    an unnamed execution gets a UUID, as in AWS.
 5. EventBridge: an event that matches no rule is accepted in silence (as in AWS); the local cloud records every
    event and the rules it matched, and logs a warning for one that matched none, so a typo is visible.
+7. EventBridge: a schedule rule (ScheduleExpression, no EventPattern) matches every event in moto; in AWS it
+   matches none (only its schedule fires it). Rules without a pattern are skipped for events.
+6. SageMaker: a model package's approval status change emits no "SageMaker Model Package State Change" event
+   (AWS sends one to the default bus), and UpdateModelPackage without CustomerMetadataProperties erases the
+   package's metadata (AWS keeps it). The local cloud keeps the metadata and emits the event.
 """
 
 from __future__ import annotations
@@ -99,6 +104,7 @@ def apply() -> None:
         _patch_lambda()
         _patch_rules()
         _patch_start_execution()
+        _patch_model_package_events()
         PatchState.applied = True
 
 
@@ -129,7 +135,7 @@ def _patch_rules() -> None:
     original = Rule.send_to_targets
 
     def send_to_targets(self: Rule, original_event: dict[str, Any], transform_input: bool = True) -> None:
-        if not self.event_pattern.matches_event(original_event):
+        if not self.event_pattern._pattern or not self.event_pattern.matches_event(original_event):
             return
         event = _normalise_event(original_event)
         _record_match(original_event, self.name)
@@ -169,7 +175,14 @@ def _patch_rules() -> None:
                     e.get("DetailType"),
                     e.get("EventBusName") or "default",
                 )
-                PatchState.events.append({"event": e, "rules": []})
+                detail = e.get("Detail")
+                record = {
+                    "source": e.get("Source"),
+                    "detail-type": e.get("DetailType"),
+                    "detail": json.loads(detail) if detail else {},
+                    "resources": e.get("Resources", []),
+                }
+                PatchState.events.append({"event": record, "rules": []})
         return entries
 
     EventsBackend._localcloud_original_put_events = original_put_events
@@ -196,3 +209,58 @@ def _patch_start_execution() -> None:
 
     StepFunctionsParserBackend._localcloud_original_start_execution = original
     StepFunctionsParserBackend.start_execution = start_execution
+
+
+def _model_package_event(package: Any) -> dict[str, Any]:
+    detail = {
+        "ModelPackageGroupName": package.model_package_group_name,
+        "ModelPackageVersion": package.model_package_version,
+        "ModelPackageArn": package.arn,
+        "ModelPackageStatus": "Completed",
+        "ModelApprovalStatus": package.model_approval_status,
+        "InferenceSpecification": package.inference_specification,
+        "CustomerMetadataProperties": package.customer_metadata_properties,
+    }
+    return {
+        "Source": "aws.sagemaker",
+        "DetailType": "SageMaker Model Package State Change",
+        "Detail": json.dumps(detail, default=str),
+        "Resources": [package.arn],
+    }
+
+
+def _patch_model_package_events() -> None:
+    from moto.events.models import events_backends
+    from moto.sagemaker.models import SageMakerModelBackend
+
+    original = SageMakerModelBackend.update_model_package
+
+    def update_model_package(
+        self,
+        model_package_arn,
+        model_approval_status,
+        approval_description,
+        customer_metadata_properties,
+        customer_metadata_properties_to_remove,
+        additional_inference_specifications_to_add,
+    ):
+        name = self.model_package_name_mapping.get(model_package_arn, model_package_arn)
+        package = self.model_packages.get(name)
+        before = package.model_approval_status if package else None
+        if package is not None and customer_metadata_properties is None:
+            customer_metadata_properties = package.customer_metadata_properties
+        arn = original(
+            self,
+            model_package_arn,
+            model_approval_status,
+            approval_description,
+            customer_metadata_properties,
+            customer_metadata_properties_to_remove,
+            additional_inference_specifications_to_add,
+        )
+        if package is not None and package.model_approval_status != before:
+            events_backends[self.account_id][self.region_name].put_events([_model_package_event(package)])
+        return arn
+
+    SageMakerModelBackend._localcloud_original_update_model_package = original
+    SageMakerModelBackend.update_model_package = update_model_package

@@ -192,7 +192,9 @@ class LambdaRuntime:
                 self._all.append(worker)
         result = worker.invoke(event, str(uuid.uuid4()))
         with self._lock:
-            if worker.alive:
+            if worker not in self._all:
+                worker.kill()  # the runtime shut down while this invocation ran
+            elif worker.alive:
                 self._idle[name].append(worker)
             else:
                 self._all.remove(worker)

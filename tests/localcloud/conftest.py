@@ -6,6 +6,7 @@ import hashlib
 import json
 import time
 import uuid
+
 from localcloud.cloud import LocalCloud
 
 

@@ -35,7 +35,9 @@ def test_moectl_local_up_on_a_taken_port_exits_2_with_one_line():
         port = s.getsockname()[1]
         r = subprocess.run(
             [sys.executable, "-m", "moectl.cli", "local", "up", "--port", str(port)],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     assert r.returncode == 2
     assert "cannot start the local cloud" in r.stdout and "Traceback" not in r.stdout + r.stderr
@@ -77,7 +79,9 @@ def test_an_unknown_resource_type_is_reported_by_name(tmp_path: Path):
         "  Cluster:\n    Type: AWS::Redshift::Cluster\n    Properties: {}\n"
     )
     with LocalCloud(state_dir=tmp_path / "state") as cloud:
-        with pytest.raises(DeployError, match=r"cannot create these resources: Cluster \(AWS::Redshift::Cluster\)"):
+        with pytest.raises(
+            DeployError, match=r"cannot create these resources: Cluster \(AWS::Redshift::Cluster\)"
+        ):
             cloud.deploy(template=tpl, samconfig=tmp_path / "none.toml", stack_name="unknown-type")
 
 
@@ -129,5 +133,7 @@ def test_an_event_that_matches_no_rule_is_logged(cloud, caplog):
     cloud.client("events").put_events(
         Entries=[{"Source": "typo.source", "DetailType": "Nothing", "Detail": json.dumps({"a": 1})}]
     )
-    assert any("matched no rule" in r.getMessage() and "typo.source" in r.getMessage() for r in caplog.records)
+    assert any(
+        "matched no rule" in r.getMessage() and "typo.source" in r.getMessage() for r in caplog.records
+    )
     assert patches.PatchState.events[-1]["rules"] == []

@@ -19,9 +19,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_moto_invokes_lambda_code_only_through_docker(cloud):
-    from moto.awslambda.models import LambdaFunction
-
     import inspect
+
+    from moto.awslambda.models import LambdaFunction
 
     source = inspect.getsource(LambdaFunction._localcloud_original_invoke_lambda)
     assert "docker_client.containers.run(" in source
@@ -36,7 +36,10 @@ def test_moto_rules_with_lambda_or_state_machine_targets_raise_not_implemented(c
     event = {"source": name, "detail-type": "x", "detail": {}, "ingestion-time": 0, "id": "1", "time": 0}
     event.update(region=REGION, resources=[], account=ACCOUNT_ID)
     for i, arn in enumerate(
-        (f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:f", f"arn:aws:states:{REGION}:{ACCOUNT_ID}:stateMachine:m")
+        (
+            f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:f",
+            f"arn:aws:states:{REGION}:{ACCOUNT_ID}:stateMachine:m",
+        )
     ):
         events.put_targets(Rule=name, Targets=[{"Id": str(i), "Arn": arn}])
         events.remove_targets(Rule=name, Ids=[str(1 - i)])
@@ -79,12 +82,16 @@ def test_moto_s3_events_carry_a_fixed_id_and_an_epoch_time():
 def test_moto_refuses_a_policy_document_without_version(cloud):
     iam = cloud.client("iam")
     name = f"gap-{uuid.uuid4().hex[:8]}"
-    iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}))
+    iam.create_role(
+        RoleName=name, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []})
+    )
     with pytest.raises(iam.exceptions.MalformedPolicyDocumentException):
         iam.put_role_policy(
             RoleName=name,
             PolicyName="p",
-            PolicyDocument=json.dumps({"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}),
+            PolicyDocument=json.dumps(
+                {"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+            ),
         )
 
 
@@ -132,3 +139,52 @@ def test_moto_cloudformation_ignores_bucket_eventbridge_notifications(cloud):
     cfn.create_stack(StackName=name, TemplateBody=json.dumps(template))
     config = cloud.client("s3").get_bucket_notification_configuration(Bucket=name)
     assert "EventBridgeConfiguration" not in config
+
+
+def test_moto_model_package_approval_emits_no_event_and_drops_metadata(cloud):
+    from moto.sagemaker.models import SageMakerModelBackend, sagemaker_backends
+
+    sm = cloud.client("sagemaker")
+    group = f"gap-{uuid.uuid4().hex[:8]}"
+    sm.create_model_package_group(ModelPackageGroupName=group)
+    spec = {
+        "Containers": [{"Image": "local", "ModelDataUrl": "s3://b/models/run/model.tar.gz"}],
+        "SupportedContentTypes": ["application/json"],
+        "SupportedResponseMIMETypes": ["application/json"],
+    }
+
+    def package() -> str:
+        return sm.create_model_package(
+            ModelPackageGroupName=group,
+            InferenceSpecification=spec,
+            ModelApprovalStatus="PendingManualApproval",
+            CustomerMetadataProperties={"run_id": "r1"},
+        )["ModelPackageArn"]
+
+    backend = sagemaker_backends[ACCOUNT_ID][REGION]
+    first = package()
+    seen = len(patches.PatchState.events)
+    SageMakerModelBackend._localcloud_original_update_model_package(
+        backend, first, "Approved", None, None, [], None
+    )
+    assert sm.describe_model_package(ModelPackageName=first).get("CustomerMetadataProperties") in (None, {})
+    assert len(patches.PatchState.events) == seen  # no event
+
+    second = package()
+    sm.update_model_package(ModelPackageArn=second, ModelApprovalStatus="Approved")
+    assert sm.describe_model_package(ModelPackageName=second)["CustomerMetadataProperties"] == {
+        "run_id": "r1"
+    }
+    event = patches.PatchState.events[-1]["event"]
+    assert event["detail-type"] == "SageMaker Model Package State Change"
+    assert (
+        event["detail"]["ModelApprovalStatus"] == "Approved" and event["detail"]["ModelPackageArn"] == second
+    )
+
+
+def test_moto_schedule_rules_match_every_event():
+    from moto.events.models import EventPattern
+
+    assert EventPattern.load(None).matches_event(
+        {"source": "aws.s3", "detail-type": "Object Created", "detail": {}}
+    )

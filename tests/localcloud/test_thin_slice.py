@@ -27,10 +27,14 @@ def test_uploaded_manifest_runs_the_pipeline_and_the_run_is_listed_over_http(clo
     execution = wait_for_execution_with_input(cloud, "TrainingPipelineStateMachine", key)
     assert execution["status"] == "SUCCEEDED", execution.get("cause")
     run = json.loads(execution["output"])["run"]
-    assert run["manifest_uri"] == f"s3://{bucket}/{key}" and run["status"] == "VALIDATED" and run["files"] == 2
+    assert (
+        run["manifest_uri"] == f"s3://{bucket}/{key}" and run["status"] == "VALIDATED" and run["files"] == 2
+    )
 
     table = cloud.client("dynamodb")
-    item = table.get_item(TableName=cloud.deployment.physical["RunsTable"], Key={"run_id": {"S": run["run_id"]}})
+    item = table.get_item(
+        TableName=cloud.deployment.physical["RunsTable"], Key={"run_id": {"S": run["run_id"]}}
+    )
     assert item["Item"]["dataset"]["S"] == run["dataset"]
 
     api = cloud.apis["ControlApi"].url

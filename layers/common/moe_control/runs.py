@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 from decimal import Decimal
 from typing import Any, Literal
@@ -13,7 +14,7 @@ from pydantic import BaseModel, Field
 from moe_control.aws import resource
 from moe_control.errors import RunNotFound
 
-RunStatus = Literal["VALIDATED", "TRAINING", "RECOVERING", "TRAINED", "REGISTERED", "FAILED"]
+RunStatus = Literal["VALIDATED", "STAGED", "TRAINING", "RECOVERING", "TRAINED", "REGISTERED", "FAILED"]
 
 
 def now() -> str:
@@ -37,29 +38,72 @@ class Run(BaseModel):
     total_bytes: int = 0
     preset: str = "tiny"
     max_steps: int = 0
+    training: dict[str, Any] = Field(default_factory=dict)
+    cluster: str | None = None
+    job_id: str | None = None
+    staged_uri: str | None = None
+    checkpoint_uri: str | None = None
+    artifact_uri: str | None = None
+    task_token: str | None = Field(default=None, exclude=False, repr=False)
+    attempts: int = 0
+    resumed_from_step: int | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    model_package_arn: str | None = None
     error: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """What the API shows: never the task token (a credential for the workflow)."""
+        return self.model_dump(exclude={"task_token"})
 
 
 def _table() -> Any:
     return resource("dynamodb").Table(os.environ["RUNS_TABLE"])
 
 
-def _from_item(item: dict[str, Any]) -> Run:
-    return Run.model_validate({k: int(v) if isinstance(v, Decimal) else v for k, v in item.items()})
+def _to_item(value: Any) -> Any:
+    # DynamoDB takes Decimal, not float: round-trip through JSON.
+    return json.loads(json.dumps(value), parse_float=Decimal)
+
+
+def _from_item(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _from_item(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_item(v) for v in value]
+    return value
 
 
 def put_run(run: Run) -> Run:
-    _table().put_item(Item=run.model_dump(exclude_none=True))
+    _table().put_item(Item=_to_item(run.model_dump(exclude_none=True)))
     return run
 
 
 def get_run(run_id: str) -> Run:
-    item = _table().get_item(Key={"run_id": run_id}).get("Item")
+    item = _table().get_item(Key={"run_id": run_id}, ConsistentRead=True).get("Item")
     if item is None:
         raise RunNotFound(f"no training run {run_id!r}")
-    return _from_item(item)
+    return Run.model_validate(_from_item(item))
+
+
+def update_run(run_id: str, **changes: Any) -> Run:
+    """Read-modify-write of one run (the workflow is the only writer of a run, one step at a time)."""
+    run = get_run(run_id).model_copy(update={**changes, "updated_at": now()})
+    Run.model_validate(run.model_dump())  # a bad status or field type is refused before it is stored
+    return put_run(run)
 
 
 def list_runs(limit: int = 100) -> list[Run]:
     items = _table().scan(Limit=limit).get("Items", [])
-    return sorted((_from_item(i) for i in items), key=lambda r: r.created_at, reverse=True)
+    return sorted(
+        (Run.model_validate(_from_item(i)) for i in items), key=lambda r: r.created_at, reverse=True
+    )
+
+
+def find_active_run(cluster: str | None = None) -> Run | None:
+    """The newest run in TRAINING or RECOVERING (on `cluster`, if given): the one a node failure interrupts."""
+    for run in list_runs(limit=1000):
+        if run.status in ("TRAINING", "RECOVERING") and (cluster is None or run.cluster == cluster):
+            return run
+    return None
