@@ -141,7 +141,9 @@ def tokenizer_for(artifact_uri: str) -> ModelTokenizer:
             raise ApiError(
                 500, f"the deployed model has no tokenizer: {source} does not exist", "tokenizer_missing"
             ) from None
-        raise ApiError(502, f"cannot read the tokenizer {source}: {code or exc}", "tokenizer_unreadable") from None
+        raise ApiError(
+            502, f"cannot read the tokenizer {source}: {code or exc}", "tokenizer_unreadable"
+        ) from None
     tokenizer = ModelTokenizer(text, source)
     with _TOKENIZERS_LOCK:
         _TOKENIZERS[artifact_uri] = _Cached(obj["ETag"], tokenizer, now)
@@ -199,7 +201,9 @@ def prepare(
     model = served_model_name(deployment)
     if req.model is not None and req.model != model:
         raise ApiError(
-            404, f"model {req.model!r} is not served; the live model is {model!r} (GET /v1/models)", "model_not_found"
+            404,
+            f"model {req.model!r} is not served; the live model is {model!r} (GET /v1/models)",
+            "model_not_found",
         )
     check_max_tokens(req.max_tokens, limits)
     tokenizer = tokenizer_for(deployment.artifact_uri)
@@ -233,4 +237,3 @@ def clear_tokenizer_cache() -> None:
     """Forget every cached tokenizer (tests; a function instance never needs it)."""
     with _TOKENIZERS_LOCK:
         _TOKENIZERS.clear()
-
