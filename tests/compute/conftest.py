@@ -41,9 +41,16 @@ class FakeApiServer:
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
                 server.requests.append(
-                    {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+                    {
+                        "method": self.command,
+                        "path": self.path,
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "body": body,
+                    }
                 )
-                answer = server.routes.get((self.command, self.path.split("?")[0]), (404, {"message": "not found"}))
+                answer = server.routes.get(
+                    (self.command, self.path.split("?")[0]), (404, {"message": "not found"})
+                )
                 status, payload = answer(body) if callable(answer) else answer
                 data = json.dumps(payload).encode()
                 self.send_response(status)

@@ -31,11 +31,15 @@ def cluster_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def _capture(client: Any, operation: str) -> list[dict]:
     """The parameters of every call of `operation` (after botocore validated them against the API model)."""
     seen: list[dict] = []
-    client.meta.events.register(f"provide-client-params.sagemaker.{operation}", lambda params, **_: seen.append(params))
+    client.meta.events.register(
+        f"provide-client-params.sagemaker.{operation}", lambda params, **_: seen.append(params)
+    )
     return seen
 
 
-def test_get_backend_picks_by_environment_and_names_the_choices(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+def test_get_backend_picks_by_environment_and_names_the_choices(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
     monkeypatch.setenv("COMPUTE_BACKEND", "local")
     monkeypatch.setenv("LOCALCLOUD_STATE_DIR", str(tmp_path))
     assert get_backend().name == "local"
@@ -44,7 +48,9 @@ def test_get_backend_picks_by_environment_and_names_the_choices(monkeypatch: pyt
         get_backend()
 
 
-def test_slurm_cluster_is_created_with_deep_health_checks_and_automatic_node_recovery(aws, cluster_env) -> None:
+def test_slurm_cluster_is_created_with_deep_health_checks_and_automatic_node_recovery(
+    aws, cluster_env
+) -> None:
     backend = HyperPodBackend()
     created = _capture(backend.sm, "CreateCluster")
 
@@ -62,7 +68,10 @@ def test_slurm_cluster_is_created_with_deep_health_checks_and_automatic_node_rec
     assert request["VpcConfig"] == {"Subnets": ["subnet-1", "subnet-2"], "SecurityGroupIds": ["sg-1"]}
     # moto keeps the groups as sent: what DescribeCluster returns is what was asked for.
     described = {g["InstanceGroupName"]: g for g in state.instance_groups}
-    assert described["worker-group-1"]["OnStartDeepHealthChecks"] == ["InstanceStress", "InstanceConnectivity"]
+    assert described["worker-group-1"]["OnStartDeepHealthChecks"] == [
+        "InstanceStress",
+        "InstanceConnectivity",
+    ]
     assert described["worker-group-1"]["CurrentCount"] == 4
 
 
@@ -162,7 +171,9 @@ def test_replace_node_calls_batch_replace_and_reports_refusals(cluster_env) -> N
         stub.add_response(
             "batch_replace_cluster_nodes",
             {
-                "Failed": [{"NodeId": "i-0123456789abcdef0", "ErrorCode": "InstanceIdInUse", "Message": "busy"}],
+                "Failed": [
+                    {"NodeId": "i-0123456789abcdef0", "ErrorCode": "InstanceIdInUse", "Message": "busy"}
+                ],
             },
             params,
         )
@@ -203,7 +214,10 @@ def test_list_idle_clusters_takes_only_managed_clusters_without_recent_work(aws,
 def test_a_cluster_with_a_running_job_is_not_idle(aws, cluster_env, fake_api) -> None:
     from moe_control.compute.slurm import SlurmRestClient
 
-    fake_api.routes[("GET", "/slurm/v0.0.40/job/42")] = (200, {"jobs": [{"job_state": ["RUNNING"]}], "errors": []})
+    fake_api.routes[("GET", "/slurm/v0.0.40/job/42")] = (
+        200,
+        {"jobs": [{"job_state": ["RUNNING"]}], "errors": []},
+    )
     backend = HyperPodBackend(slurm=SlurmRestClient(fake_api.url, "ubuntu", "jwt"))
     old = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)).isoformat(timespec="seconds")
     state = backend.ensure_cluster("busy")

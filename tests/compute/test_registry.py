@@ -16,7 +16,9 @@ def group(aws: None, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def test_register_model_creates_the_group_and_a_pending_version_with_metrics_and_artifact(group: str) -> None:
-    arn = registry.register_model("run-1", "s3://models/models/run-1", {"final_loss": 2.5, "tokens": 192}, IMAGE)
+    arn = registry.register_model(
+        "run-1", "s3://models/models/run-1", {"final_loss": 2.5, "tokens": 192}, IMAGE
+    )
 
     model = registry.get_model(arn)
     assert model.group == group and model.version == 1
@@ -30,7 +32,11 @@ def test_register_model_creates_the_group_and_a_pending_version_with_metrics_and
 
     desc = client("sagemaker").describe_model_package(ModelPackageName=arn)
     source = desc["InferenceSpecification"]["Containers"][0]["ModelDataSource"]["S3DataSource"]
-    assert source == {"S3Uri": "s3://models/models/run-1/", "S3DataType": "S3Prefix", "CompressionType": "None"}
+    assert source == {
+        "S3Uri": "s3://models/models/run-1/",
+        "S3DataType": "S3Prefix",
+        "CompressionType": "None",
+    }
     assert desc["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"].endswith("/run-1/metrics_summary.json")
 
 
@@ -75,7 +81,9 @@ def test_approve_and_reject_update_the_status_with_the_reason(group: str) -> Non
         ("s3://m/models/r/", {f"m{i}": 1.0 for i in range(49)}, "at most"),
     ],
 )
-def test_register_model_refuses_bad_input_with_a_reason(group: str, artifact: str, metrics: dict, why: str) -> None:
+def test_register_model_refuses_bad_input_with_a_reason(
+    group: str, artifact: str, metrics: dict, why: str
+) -> None:
     with pytest.raises(registry.ModelRegistrationRejected, match=why):
         registry.register_model("r", artifact, metrics, IMAGE)
 
@@ -85,7 +93,9 @@ def test_unknown_arn_is_model_package_not_found(group: str) -> None:
         registry.approve("arn:aws:sagemaker:us-east-1:123456789012:model-package/moe-test-models/7")
 
 
-def test_registry_without_group_setting_says_which_variable(aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_registry_without_group_setting_says_which_variable(
+    aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("MODEL_PACKAGE_GROUP", raising=False)
     with pytest.raises(Exception, match="MODEL_PACKAGE_GROUP"):
         registry.list_models()
