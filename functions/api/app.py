@@ -128,7 +128,7 @@ def start_training_job(request: StartTrainingJobRequest) -> StartTrainingJobResp
         start = workflows.route({"dataset_uri": request.dataset_uri, "etag": etag})
     except MalformedEvent as exc:
         raise ApiError(400, str(exc), "invalid_dataset_uri") from None
-    started = workflows.start(start)
+    started = _start_once(start)
     metrics.add_metric(
         name="DuplicateTrainingStarts" if started["duplicate"] else "TrainingJobsStarted",
         unit=MetricUnit.Count,
@@ -138,6 +138,21 @@ def start_training_job(request: StartTrainingJobRequest) -> StartTrainingJobResp
     return StartTrainingJobResponse(
         run_id=start.name, execution_arn=started["execution_arn"], duplicate=started["duplicate"]
     )
+
+
+def _start_once(start: workflows.WorkflowStart) -> dict[str, Any]:
+    """Start the run's execution unless one of that name exists. StartExecution alone cannot tell: with the same
+    name and input as a RUNNING execution it succeeds and returns that execution (AWS, and moto, do this)."""
+    arn = (
+        workflows.state_machine_arn(start.workflow).replace(":stateMachine:", ":execution:")
+        + f":{start.name}"
+    )
+    sfn = client("stepfunctions")
+    try:
+        sfn.describe_execution(executionArn=arn)
+        return {"workflow": start.workflow, "execution_arn": arn, "duplicate": True}
+    except sfn.exceptions.ExecutionDoesNotExist:
+        return workflows.start(start)
 
 
 @app.get(
