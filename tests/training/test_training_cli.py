@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -31,6 +33,7 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path: Path, corpus
     assert status["status"] == "failed" and status["exit_code"] == 2
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_then_exits_75_and_the_next_run_resumes(tmp_path: Path, corpus_dir: Path):
     out = tmp_path / "run"
     port = free_port()
@@ -102,6 +105,7 @@ def sfn_task(moto_server: str, monkeypatch: pytest.MonkeyPatch):
             "Type": "Task",
             "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
             "Parameters": {"QueueUrl": queue, "MessageBody": {"token.$": "$$.Task.Token"}},
+            "HeartbeatSeconds": 60,  # as the pipeline's task: moto accepts heartbeats only for such tasks
             "End": True,
         }
         definition = {"StartAt": "Train", "States": {"Train": task}}
@@ -226,3 +230,47 @@ def test_s3_data_checkpoints_artifact_and_task_success(
     )
     failed = [e for e in history["events"] if e["type"] == "TaskFailed"]
     assert failed and failed[0]["taskFailedEventDetails"]["error"] == "Training.BadInput"
+
+
+def test_task_reporter_sends_heartbeats_then_success(sfn_task):
+    from moe_core.train.reporting import TaskReporter
+
+    start, result = sfn_task
+    token, execution = start("heartbeats")
+    reporter = TaskReporter(token, heartbeat_seconds=0.05)
+    reporter.start_heartbeats()
+    deadline = time.monotonic() + 10
+    while reporter.heartbeats_sent < 3:
+        assert time.monotonic() < deadline, "no heartbeats were accepted"
+        time.sleep(0.02)
+    reporter.success({"run_id": "r", "final_step": 1})
+    assert json.loads(result(execution)["output"]) == {"run_id": "r", "final_step": 1}
+    assert reporter._thread is None  # the heartbeat thread has stopped
+
+
+@pytest.mark.slow
+def test_container_entrypoint_forwards_sigterm_and_exits_75(tmp_path: Path, corpus_dir: Path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed beside this Python")
+    env = {**train_env(), "NPROC_PER_NODE": "1", "PATH": f"{torchrun.parent}:{os.environ['PATH']}"}
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [str(REPO / "workers/training/entrypoint.sh"), "--data", str(corpus_dir), "--output", str(out),
+         "--max-steps", "400", "--checkpoint-every", "1000", *TINY_ARGS],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while (
+            not (out / "metrics.jsonl").is_file() or len((out / "metrics.jsonl").read_text().splitlines()) < 2
+        ):
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "the worker never trained a step"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=90)
+    finally:
+        proc.kill()
+    assert rc == 75, proc.stderr.read()[-3000:]
+    assert find_latest_complete_checkpoint(LocalCheckpointStore(out / "checkpoints")).manifest is not None

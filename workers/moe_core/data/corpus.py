@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moe_control.datasets import MANIFEST_NAME, DatasetFile, DatasetManifest, TrainingSpec
 from pydantic import ValidationError
+
+from moe_control.datasets import MANIFEST_NAME, DatasetFile, DatasetManifest, TrainingSpec
 
 STDLIB = "stdlib"
 # Big enough for a tokenizer and a few hundred tiny steps, small enough that tests prepare it in a second.

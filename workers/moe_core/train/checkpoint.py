@@ -288,4 +288,9 @@ class CheckpointManager:
             manifest.step,
             self.store.step_location(manifest.step),
         )
-        return json.loads((root / TRAINER_STATE).read_text())
+        state = json.loads((root / TRAINER_STATE).read_text())
+        if not self.local:  # the downloaded copy is in memory now; a full checkpoint is too big to keep twice
+            if self.world_size > 1:
+                dist.barrier()  # ranks of one node read the same copy
+            shutil.rmtree(self.work_dir / ".checkpoint-cache", ignore_errors=True)
+        return state
