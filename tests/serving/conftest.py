@@ -31,11 +31,13 @@ def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = Transformer(cfg)
     save_model(model, cfg, directory)
-    counts = {
-        str(layer): [float(100 - 5 * e) for e in range(cfg.n_routed_experts)]
-        for layer in range(cfg.n_dense_layers, cfg.n_layers)
-    }
-    (directory / "routing_stats.json").write_text(json.dumps({"layers": counts}))
+    # the training worker's format
+    layers = [
+        {"router": i, "layer": layer, "tokens_per_expert": [100 - 5 * e for e in range(cfg.n_routed_experts)]}
+        for i, layer in enumerate(range(cfg.n_dense_layers, cfg.n_layers))
+    ]
+    stats = {"steps": 1, "n_routed_experts": cfg.n_routed_experts, "layers": layers}
+    (directory / "routing_stats.json").write_text(json.dumps(stats))
     return directory
 
 

@@ -56,6 +56,17 @@ def test_placement_plan_starts_the_most_routed_experts_hot():
     assert parse_routing_stats({"expert_counts": [[1, 2, 3, 4]]}, first_moe_layer=1, n_experts=4) == {
         1: [1.0, 2.0, 3.0, 4.0]
     }
+    written_by_training = {
+        "steps": 10,
+        "n_routed_experts": 4,
+        "layers": [
+            {"router": 0, "layer": 1, "tokens_per_expert": [3, 0, 0, 1]},
+            {"router": 1, "layer": "mtp0", "tokens_per_expert": [1, 1, 1, 1]},
+        ],
+    }
+    assert parse_routing_stats(written_by_training, first_moe_layer=1, n_experts=4) == {
+        1: [3.0, 0.0, 0.0, 1.0]
+    }
     with pytest.raises(RoutingStatsError, match="expected 4 counts"):
         parse_routing_stats({"1": [1, 2]}, first_moe_layer=1, n_experts=4)
 

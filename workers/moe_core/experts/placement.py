@@ -2,8 +2,10 @@
 start in the GPU tier and which in host memory, per MoE layer - the most used first.
 
 `routing_stats.json` holds per-layer per-expert token counts; accepted forms:
-  {"layers": {"<layer_id>": [count per expert], ...}}  or  {"<layer_id>": [count per expert], ...}
-  or {"expert_counts": [[count per expert] per MoE layer]} (MoE layers in order, the first at n_dense_layers).
+  the training worker's {"layers": [{"layer": <layer_id>, "tokens_per_expert": [...]}, ...]} (entries whose
+  "layer" is not an integer, the MTP block's "mtp0", are skipped: serving does not run it);
+  {"layers": {"<layer_id>": [count per expert], ...}}  or  {"<layer_id>": [count per expert], ...};
+  {"expert_counts": [[count per expert] per MoE layer]} (MoE layers in order, the first at n_dense_layers).
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ def parse_routing_stats(data: dict, first_moe_layer: int, n_experts: int) -> dic
     if "expert_counts" in data:
         rows = data["expert_counts"]
         counts = {first_moe_layer + i: row for i, row in enumerate(rows)}
+    elif isinstance(data.get("layers"), list):
+        try:
+            counts = {
+                e["layer"]: e["tokens_per_expert"] for e in data["layers"] if isinstance(e.get("layer"), int)
+            }
+        except (AttributeError, KeyError, TypeError) as exc:
+            raise RoutingStatsError(
+                f"routing stats layer entries need 'layer' and 'tokens_per_expert': {exc}"
+            ) from exc
     else:
         table = data.get("layers", data)
         try:
