@@ -211,25 +211,17 @@ def test_launch_on_eks_posts_a_pytorchjob_and_reads_its_status(
     assert fake_api.requests[-1]["body"]["gracePeriodSeconds"] == 0
 
 
-def test_kubernetes_api_for_an_eks_cluster_uses_its_endpoint_and_ca(aws) -> None:
+def test_kubernetes_api_for_an_eks_cluster_uses_its_endpoint_and_ca(aws, monkeypatch) -> None:
     eks = boto3.client("eks")
     eks.create_cluster(name="moe-eks", roleArn=ROLE, resourcesVpcConfig={"subnetIds": ["subnet-1"]})
     described = eks.describe_cluster(name="moe-eks")["cluster"]
-    # moto's CA data is not a real certificate: only the endpoint is checked here.
-    from moe_control.compute import eks as eks_module
+    captured: dict = {}
+    # moto's CA data is not a certificate, so no TLS context can be built from it: record the arguments instead.
+    monkeypatch.setattr(KubernetesApi, "__init__", lambda self, server, token, ca_data=None: captured.update(
+        server=server, ca=ca_data, token=token))  # fmt: skip
 
-    captured = {}
+    KubernetesApi.for_eks_cluster(described["arn"])
 
-    class Recorder(KubernetesApi):
-        def __init__(self, server, token, ca_data=None):
-            captured.update(server=server, ca=ca_data, token=token)
-
-    monkeypatch_cls = eks_module.KubernetesApi
-    try:
-        eks_module.KubernetesApi = Recorder
-        Recorder.for_eks_cluster.__func__(Recorder, described["arn"])
-    finally:
-        eks_module.KubernetesApi = monkeypatch_cls
     assert captured["server"] == described["endpoint"]
     assert captured["ca"] == described["certificateAuthority"]["data"]
     assert captured["token"]().startswith("k8s-aws-v1.")
