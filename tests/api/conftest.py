@@ -290,3 +290,100 @@ def upload_manifest(cp: ControlPlane, name: str) -> str:
     key = f"datasets/{name}/manifest.json"
     s3.put_object(Bucket=cp.data_bucket, Key=key, Body=json.dumps(manifest).encode())
     return f"s3://{cp.data_bucket}/{key}"
+
+
+# ------------------------------------------------------------------------------------------- a stand-in worker
+class StubWorker:
+    """A tiny HTTP server standing in for the inference worker where a test needs a worker to misbehave on
+    purpose (429, 4xx, 5xx, a hang, a cut stream) or to count the requests that reach it. Tests of what a real
+    worker answers use `worker_url` (moectl serve) instead. Its answers have the worker's shapes."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[dict] = []
+        self.mode = "ok"
+        self.status = 200
+        self.error = {"message": "", "type": "invalid_request_error", "code": None}
+        self.delay_s = 0.0
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.requests.append({"path": self.path, "body": body})
+                status, content_type, data = stub.answer(body)
+                if stub.delay_s:
+                    time.sleep(stub.delay_s)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        import threading
+
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def answer(self, body: dict) -> tuple[int, str, bytes]:
+        if self.status != 200:
+            return self.status, "application/json", json.dumps({"error": self.error}).encode()
+        n = len(self.requests)
+        usage = {
+            "prompt_tokens": len(body["prompt"]),
+            "completion_tokens": 2,
+            "total_tokens": len(body["prompt"]) + 2,
+        }
+        base = {
+            "id": f"cmpl-{n:04d}",
+            "object": "text_completion",
+            "created": 1700000000 + n,
+            "model": "stub",
+        }
+        if not body.get("stream"):
+            choice = {"index": 0, "text": f"answer {n}", "logprobs": None, "finish_reason": "length"}
+            return 200, "application/json", json.dumps({**base, "choices": [choice], "usage": usage}).encode()
+        chunks = [
+            {**base, "choices": [{"index": 0, "text": "answer", "logprobs": None, "finish_reason": None}]},
+            {**base, "choices": [{"index": 0, "text": f" {n}", "logprobs": None, "finish_reason": None}]},
+            {
+                **base,
+                "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": "length"}],
+                "usage": usage,
+            },
+        ]
+        events = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
+        if self.mode != "cut_stream":
+            events += b"data: [DONE]\n\n"
+        return 200, "text/event-stream", events
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def stub_worker() -> Iterator[StubWorker]:
+    stub = StubWorker()
+    yield stub
+    stub.close()
+
+
+@pytest.fixture
+def live_stub(
+    control_plane: ControlPlane, tokenizer_only_artifact: str, stub_worker: StubWorker
+) -> StubWorker:
+    """The stand-in worker recorded as the live endpoint of an artifact that has the real tokenizer."""
+    make_live(control_plane, tokenizer_only_artifact, stub_worker.url)
+    return stub_worker
