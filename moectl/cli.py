@@ -18,6 +18,10 @@ from localcloud.cli import up as local_up  # noqa: E402
 
 local_app.command("up")(local_up)
 
+from localcloud.demo import demo  # noqa: E402
+
+app.command("demo")(demo)
+
 # model commands are registered here
 from moe_core.cli_model import app as model_app  # noqa: E402
 

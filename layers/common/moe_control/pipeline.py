@@ -4,6 +4,7 @@ register. Each function is one state of state_machines/training_pipeline.asl.jso
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from moe_control import events as ev
@@ -122,7 +123,7 @@ def register(run_id: str) -> dict[str, Any]:
 
     run = get_run(run_id)
     numbers = {k: float(v) for k, v in run.metrics.items() if isinstance(v, (int, float))}
-    arn = register_model(run_id, run.artifact_uri, numbers, env("INFERENCE_IMAGE_URI", "local") or "local")
+    arn = register_model(run_id, run.artifact_uri, numbers, os.environ.get("INFERENCE_IMAGE_URI") or "local")
     update_run(run_id, status="REGISTERED", model_package_arn=arn)
     return {"model_package_arn": arn}
 
