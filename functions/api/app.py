@@ -262,8 +262,7 @@ def _complete(request: CompletionRequest | ChatCompletionRequest) -> Response:
         chat=prepared.route == "chat",
         stream=prepared.stream,
     )
-    if key is not None:
-        cache.put(key, response_cache.CachedResponse(answer.content_type, answer.body))
+    if key is not None and cache.put(key, response_cache.CachedResponse(answer.content_type, answer.body)):
         metrics.add_metric(name="ResponseCacheMisses", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="PromptTokens", unit=MetricUnit.Count, value=len(prepared.prompt_ids))
     return Response(200, answer.content_type, answer.body.decode(), headers=headers)
