@@ -153,6 +153,12 @@ def _start_once(start: workflows.WorkflowStart) -> dict[str, Any]:
         return {"workflow": start.workflow, "execution_arn": arn, "duplicate": True}
     except sfn.exceptions.ExecutionDoesNotExist:
         return workflows.start(start)
+    except sfn.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("AccessDeniedException", "AccessDenied"):
+            raise
+        # Without states:DescribeExecution the start is still at most once; only `duplicate` may be wrong.
+        logger.warning("cannot look up the execution; starting it by name", extra={"execution_arn": arn})
+        return workflows.start(start)
 
 
 @app.get(

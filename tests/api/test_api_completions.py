@@ -225,3 +225,29 @@ def test_an_unreachable_worker_is_502(http, control_plane, tokenizer_only_artifa
 def test_a_stream_cut_before_done_is_502(http, live_stub):
     live_stub.mode = "cut_stream"
     _error(http.post("/v1/completions", json={"prompt": "hi", "stream": True}), 502, "worker_stream_cut")
+
+
+def test_a_sagemaker_endpoint_is_invoked_by_name_when_the_deployment_has_no_url(
+    http, control_plane, tokenizer_only_artifact
+):
+    # In AWS the live endpoint is a SageMaker endpoint (no URL): the API calls InvokeEndpoint. moto answers
+    # InvokeEndpoint from a queue of configured results; here, a completion in the worker's shape.
+    import httpx
+
+    completion = {
+        "id": "cmpl-sm1",
+        "object": "text_completion",
+        "created": 1700000000,
+        "model": "container",
+        "choices": [{"index": 0, "text": "from sagemaker", "logprobs": None, "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+    }
+    results = {"results": [{"Body": json.dumps(completion), "ContentType": "application/json"}]}
+    httpx.post(
+        f"{control_plane.endpoint}/moto-api/static/sagemaker/endpoint-results", json=results
+    ).raise_for_status()
+    make_live(control_plane, tokenizer_only_artifact, None, endpoint_id="moe-sm")
+    r = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "sagemaker?"}]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "moe-sm" and body["choices"][0]["message"]["content"] == "from sagemaker"
