@@ -17,6 +17,8 @@ changes (for example, if a new moto implements the target itself), so a moto upg
    event and the rules it matched, and logs a warning for one that matched none, so a typo is visible.
 7. EventBridge: a schedule rule (ScheduleExpression, no EventPattern) matches every event in moto; in AWS it
    matches none (only its schedule fires it). Rules without a pattern are skipped for events.
+8. Step Functions: a task whose heartbeat times out fails with States.Timeout in moto; AWS names it
+   States.HeartbeatTimeout (which the training pipeline catches to report a lost worker).
 6. SageMaker: a model package's approval status change emits no "SageMaker Model Package State Change" event
    (AWS sends one to the default bus), and UpdateModelPackage without CustomerMetadataProperties erases the
    package's metadata (AWS keeps it). The local cloud keeps the metadata and emits the event.
@@ -105,6 +107,7 @@ def apply() -> None:
         _patch_rules()
         _patch_start_execution()
         _patch_model_package_events()
+        _patch_heartbeat_timeout()
         PatchState.applied = True
 
 
@@ -264,3 +267,33 @@ def _patch_model_package_events() -> None:
 
     SageMakerModelBackend._localcloud_original_update_model_package = original
     SageMakerModelBackend.update_model_package = update_model_package
+
+
+def _patch_heartbeat_timeout() -> None:
+    from moto.stepfunctions.parser.api import HistoryEventType, TaskTimedOutEventDetails
+    from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import FailureEvent
+    from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import StatesErrorName
+    from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import (
+        StatesErrorNameType,
+    )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.state_task import StateTask
+    from moto.stepfunctions.parser.asl.eval.callback.callback import HeartbeatTimeoutError
+    from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
+
+    original = StateTask._from_error
+
+    def _from_error(self, env, ex):
+        if isinstance(ex, HeartbeatTimeoutError):
+            name = StatesErrorNameType.StatesHeartbeatTimeout
+            return FailureEvent(
+                env=env,
+                error_name=StatesErrorName(typ=name),
+                event_type=HistoryEventType.TaskTimedOut,
+                event_details=EventDetails(
+                    taskTimedOutEventDetails=TaskTimedOutEventDetails(error=name.to_name())
+                ),
+            )
+        return original(self, env, ex)
+
+    StateTask._localcloud_original_from_error = original
+    StateTask._from_error = _from_error

@@ -188,3 +188,19 @@ def test_moto_schedule_rules_match_every_event():
     assert EventPattern.load(None).matches_event(
         {"source": "aws.s3", "detail-type": "Object Created", "detail": {}}
     )
+
+
+def test_moto_reports_a_heartbeat_timeout_as_states_timeout():
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.state_task import StateTask
+    from moto.stepfunctions.parser.asl.eval.callback.callback import HeartbeatTimeoutError
+
+    patches.apply()
+    class Task(StateTask):
+        def _eval_execution(self, env):  # abstract in moto; the error mapping needs no parsed state
+            pass
+
+    task = Task.__new__(Task)
+    original = StateTask._localcloud_original_from_error(task, None, HeartbeatTimeoutError())
+    assert original.error_name.error_name == "States.Timeout"
+    patched = StateTask._from_error(task, None, HeartbeatTimeoutError())
+    assert patched.error_name.error_name == "States.HeartbeatTimeout"
