@@ -199,8 +199,11 @@ def test_moto_reports_a_heartbeat_timeout_as_states_timeout():
         def _eval_execution(self, env):  # abstract in moto; the error mapping needs no parsed state
             pass
 
+    from types import SimpleNamespace
+
     task = Task.__new__(Task)
-    original = StateTask._localcloud_original_from_error(task, None, HeartbeatTimeoutError())
+    env = SimpleNamespace(next_state_name="Train", event_history_context=SimpleNamespace(source_event_id=1))
+    original = StateTask._localcloud_original_from_error(task, env, HeartbeatTimeoutError())
     assert original.error_name.error_name == "States.Timeout"
-    patched = StateTask._from_error(task, None, HeartbeatTimeoutError())
+    patched = StateTask._from_error(task, env, HeartbeatTimeoutError())
     assert patched.error_name.error_name == "States.HeartbeatTimeout"
