@@ -25,12 +25,17 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path: Path, corpus
     assert missing.returncode == 2
     assert missing.stderr.strip().count("\n") == 0 and "Traceback" not in missing.stderr
     assert "nowhere" in missing.stderr
-    preset = run_train(
-        "--data", str(corpus_dir), "--output", str(tmp_path / "b"), "--preset", "huge", timeout=60
-    )
-    assert preset.returncode == 2 and "unknown preset 'huge'" in preset.stderr
-    status = json.loads((tmp_path / "b" / "exit_status.json").read_text())
-    assert status["status"] == "failed" and status["exit_code"] == 2
+    status = json.loads((tmp_path / "a" / "exit_status.json").read_text())
+    assert status == {"status": "failed", "exit_code": 2, "detail": status["detail"]}
+
+
+def test_unknown_preset_is_bad_input(tmp_path: Path, corpus_dir: Path):
+    from moe_core.train.errors import BadInput
+    from moe_core.train.options import TrainOptions
+    from moe_core.train.trainer import run_training
+
+    with pytest.raises(BadInput, match="unknown preset 'huge'"):
+        run_training(TrainOptions(data=str(corpus_dir), output=tmp_path / "b", preset="huge", progress=False))
 
 
 @pytest.mark.slow

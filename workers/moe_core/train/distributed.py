@@ -78,23 +78,35 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def apply_fsdp(model: torch.nn.Module, d: Dist, param_dtype: torch.dtype | None) -> torch.nn.Module:
+def apply_fsdp(
+    model: torch.nn.Module, d: Dist, param_dtype: torch.dtype | None, *, mesh=None, ignored: set | None = None
+) -> torch.nn.Module:
     """Shard every block, the MTP blocks and then the root (embedding, norm, head) with FSDP2.
 
     Stacked routed-expert weights [E, ...] are sharded on dim 0, the expert dimension, so each rank holds
-    whole experts between all-gathers. On GPU parameters are gathered in bf16 and gradients reduced in fp32.
+    whole experts between all-gathers; with expert parallelism they are ``ignored`` here (already split by
+    expert). On GPU parameters are gathered in bf16 and gradients reduced in fp32.
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    kwargs = {"mp_policy": mp, "mesh": mesh}
+    if ignored:
+        kwargs["ignored_params"] = ignored
     for block in model.layers:
-        fully_shard(block, mp_policy=mp)
+        fully_shard(block, **kwargs)
     for m in model.mtp:
-        fully_shard(m, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
+        fully_shard(m, **kwargs)
+    fully_shard(model, **kwargs)
     # The trainer calls model.loss(), not forward(): FSDP2 must gather the root's parameters for it too.
     register_fsdp_forward_method(model, "loss")
     return model
+
+
+def world_mesh(d: Dist):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(d.device.type, (d.world_size,))
 
 
 def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:

@@ -65,6 +65,10 @@ class TrainOptions:
             if values[name] is None:
                 values[name] = getattr(spec, name)
         r = ResolvedOptions(**values)
+        from moe_core.config import PRESETS
+
+        if r.preset not in PRESETS:
+            raise BadInput(f"unknown preset {r.preset!r}; presets: {', '.join(PRESETS)}")
         if r.run_id is None:
             r.run_id = Path(r.output).resolve().name
         if not _RUN_ID.match(r.run_id):

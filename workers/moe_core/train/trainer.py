@@ -35,6 +35,7 @@ from moe_core.train.distributed import (
     barrier,
     init_distributed,
     shutdown_distributed,
+    world_mesh,
 )
 from moe_core.train.errors import BadInput, Diverged, Preempted
 from moe_core.train.metrics import (
@@ -172,6 +173,7 @@ def build_config(r: ResolvedOptions, tokenizer_vocab: int) -> ModelConfig:
 
 
 def _build_model(cfg: ModelConfig, r: ResolvedOptions, d: Dist):
+    """The model, sharded for this world; also the expert-parallel parameters (empty without it)."""
     from moe_core.model import Transformer
 
     # Every rank builds the same full model from the same seed, so 1 and N processes start equal; FSDP2
@@ -181,10 +183,24 @@ def _build_model(cfg: ModelConfig, r: ResolvedOptions, d: Dist):
         model = Transformer(cfg)
     if r.param_dtype == "bfloat16":
         model = model.to(torch.bfloat16)
+    ep_params: list = []
     if d.fsdp:
-        apply_fsdp(model, d, torch.bfloat16 if d.device.type == "cuda" else None)
+        mesh = world_mesh(d)
+        if r.expert_parallel and d.world_size > 1:
+            from moe_core.train.expert_parallel import ExpertParallelError, apply_expert_parallel
+
+            try:
+                ep_params = apply_expert_parallel(model, mesh)
+                log.info(
+                    "expert parallel: %d routed experts per process", cfg.n_routed_experts // d.world_size
+                )
+            except ExpertParallelError as e:
+                raise BadInput(str(e)) from None
+        apply_fsdp(
+            model, d, torch.bfloat16 if d.device.type == "cuda" else None, mesh=mesh, ignored=set(ep_params)
+        )
     model.train()
-    return model
+    return model, ep_params
 
 
 def _build_optimizer(model, r: ResolvedOptions, d: Dist) -> torch.optim.Optimizer:
@@ -231,11 +247,6 @@ def _train(opts: TrainOptions, d: Dist, stop: _StopFlag) -> TrainResult:
     except DatasetError as e:
         raise BadInput(str(e)) from None
     r = opts.resolve(dataset.manifest.training)
-    if opts.expert_parallel:
-        raise BadInput(
-            "--expert-parallel needs token all-to-all dispatch in the model core's MoE layer, which it does not "
-            "have yet; FSDP2 already shards the stacked experts on the expert dimension"
-        )
     if r.deterministic:
         torch.use_deterministic_algorithms(True)
     log.info(
@@ -275,7 +286,7 @@ def _train(opts: TrainOptions, d: Dist, stop: _StopFlag) -> TrainResult:
     except SamplerError as e:
         raise BadInput(str(e)) from None
 
-    model = _build_model(cfg, r, d)
+    model, ep_params = _build_model(cfg, r, d)
     optimizer = _build_optimizer(model, r, d)
     n_routers = len(model.routers())
     routing_totals = np.zeros((n_routers, cfg.n_routed_experts), dtype=np.float64)
@@ -348,6 +359,10 @@ def _train(opts: TrainOptions, d: Dist, stop: _StopFlag) -> TrainResult:
             with autocast:
                 out_loss = model.loss(x, y)
             out_loss.loss.backward()
+            if ep_params:
+                from moe_core.train.expert_parallel import scale_expert_grads
+
+                scale_expert_grads(ep_params, d.world_size)
             grad_norm = _grad_norm(model, r.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
