@@ -15,7 +15,7 @@ import random
 import shutil
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ TRAINER_STATE = "trainer_state.json"
 TOKENIZER = "tokenizer.json"
 PARTS_DIR = "parts"
 PART_TIMEOUT_S = 900.0
+WRITER_THREADS = 4
 
 
 def _rng_file(rank: int) -> str:
@@ -129,7 +130,9 @@ class CheckpointManager:
         (staging / _rng_file(self.rank)).parent.mkdir(parents=True, exist_ok=True)
         torch.save(capture_rng_state(), staging / _rng_file(self.rank))
         if self.async_save:
-            future = dcp.async_save(state, checkpoint_id=str(staging), process_group=self.process_group)
+            future = dcp.async_save(
+                state, storage_writer=self._writer(staging), process_group=self.process_group
+            )
             self._pending_error = None
             self._pending = threading.Thread(
                 target=self._finish_guarded,
@@ -139,9 +142,14 @@ class CheckpointManager:
             )
             self._pending.start()
         else:
-            dcp.save(state, checkpoint_id=str(staging), process_group=self.process_group)
+            dcp.save(state, storage_writer=self._writer(staging), process_group=self.process_group)
             self._finish(step, staging, None, metrics)
         return time.perf_counter() - t0
+
+    @staticmethod
+    def _writer(staging: Path):
+        # Several files per rank, written by several threads, so they can also be hashed in parallel.
+        return dcp.FileSystemWriter(str(staging), thread_count=WRITER_THREADS)
 
     def _finish_guarded(self, step: int, staging: Path, future: Future, metrics: dict) -> None:
         try:
@@ -155,7 +163,8 @@ class CheckpointManager:
         mine = sorted(p.name for p in staging.glob(f"__{self.rank}_*.distcp")) + [_rng_file(self.rank)]
         if self.rank == 0:
             mine += [".metadata", TRAINER_STATE, TOKENIZER]
-        files = [describe_file(staging, rel) for rel in mine]
+        with ThreadPoolExecutor(max_workers=min(WRITER_THREADS, len(mine))) as pool:
+            files = list(pool.map(lambda rel: describe_file(staging, rel), mine))
         if not self.local:
             for f in files:
                 self.store.put_file(step, f.path, staging / f.path)
