@@ -148,7 +148,7 @@ class Bench:
             res["resume_process_wall_s"] = resume["wall_s"]
             self.flush()
         shutil.rmtree(sync["run"] / "checkpoints", ignore_errors=True)
-        if self.left() > 30:
+        if not a.skip_async and self.left() > 30:
             asy = self.train(
                 "single_async", 1, [*common, "--max-steps", str(a.steps), "--async-save"], timeout=300
             )
@@ -189,6 +189,23 @@ class Bench:
             res["lite"] = self.steady(_records(lite["run"]), min(a.warmup, a.lite_steps - 2), set())
         elif a.lite_preset:
             self.results["notes"].append("lite skipped: out of time")
+        self.flush()
+
+    def stage_ep(self) -> None:
+        """Two GPUs, FSDP2 + expert parallelism (experts split by expert, token all-to-all): `mini`."""
+        a = self.args
+        n = 2
+        run = self.train(
+            "multi_mini_ep", n,
+            ["--preset", a.preset, "--seq-len", str(a.seq_len), "--batch-size", str(a.batch * n),
+             "--max-steps", str(a.steps), "--checkpoint-every", "1000000", "--no-final-checkpoint",
+             "--expert-parallel"],
+            timeout=300,
+        )  # fmt: skip
+        self.results["stages"]["ep"] = {
+            "rc": run["rc"],
+            "mini": self.steady(_records(run["run"]), a.warmup, set()),
+        }
         self.flush()
 
     def flush(self) -> None:
@@ -266,6 +283,13 @@ class Bench:
             )
         elif "lite_rc" in multi:
             row(f"2 GPUs FSDP2 `{a.lite_preset}`", f"failed (rc {multi.get('lite_rc')})")
+        ep = (s.get("ep") or {}).get("mini") or {}
+        if ep:
+            row("2 GPUs FSDP2 + expert parallel: tokens/s", f(ep.get("tokens_per_s"), 0))
+            row("2 GPUs FSDP2 + expert parallel: MFU", f(100 * ep["mfu"], 1) + " %" if ep.get("mfu") else "-")
+            row("2 GPUs FSDP2 + expert parallel: peak memory per GPU (GiB)", f(ep.get("max_memory_gib")))
+        elif "ep" in s:
+            row("2 GPUs FSDP2 + expert parallel", f"failed (rc {s['ep'].get('rc')})")
         for note in self.results["notes"]:
             lines.append(f"\nNote: {note}")
         return "\n".join(lines) + "\n"
@@ -292,6 +316,9 @@ def main() -> None:
     r.add_argument("--steps", type=int, default=14)
     r.add_argument("--lite-steps", type=int, default=8)
     r.add_argument("--warmup", type=int, default=3)
+    r.add_argument(
+        "--skip-async", action="store_true", help="single: only the synchronous save and the resume"
+    )
     args = ap.parse_args()
     if args.cmd == "prepare":
         prepare(Path(args.data_dir), args.corpus_bytes)
@@ -301,6 +328,8 @@ def main() -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     bench = Bench(args)
     stages = args.stages.split(",")
+    if "ep" in stages:
+        bench.stage_ep()
     if "single" in stages:
         bench.stage_single()
     if "multi" in stages:
