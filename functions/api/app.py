@@ -11,7 +11,10 @@ from http import HTTPStatus
 from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.exceptions import (
+    RequestUnsupportedContentType,
+    RequestValidationError,
+)
 from aws_lambda_powertools.event_handler.openapi.models import Server
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
 from aws_lambda_powertools.logging import correlation_paths
@@ -27,6 +30,7 @@ from moe_control.api_models import (
     CompletionRequest,
     CompletionResponse,
     ErrorResponse,
+    GatewayMessage,
     ModelList,
     ModelStatusFilter,
     ServedModel,
@@ -46,10 +50,18 @@ app = APIGatewayRestResolver(enable_validation=True)
 
 
 def _errors(*statuses: int) -> dict[int, dict[str, Any]]:
-    return {
+    """A route's error statuses, with the 400 (invalid parameters) and API Gateway's own 403 (no valid API
+    key) that every route has."""
+    statuses = tuple(sorted({400, *statuses}))
+    forbidden = {
+        "description": "Forbidden: no valid x-api-key (answered by API Gateway)",
+        "content": {"application/json": {"model": GatewayMessage}},
+    }
+    errors = {
         s: {"description": HTTPStatus(s).phrase, "content": {"application/json": {"model": ErrorResponse}}}
         for s in statuses
     }
+    return {**errors, 403: forbidden}
 
 
 def _responses(model: type, *errors: int, status: int = 200) -> dict[int, dict[str, Any]]:
@@ -76,11 +88,27 @@ def _api_error(exc: ApiError) -> Response:
 def _invalid_request(exc: RequestValidationError) -> Response:
     problems = []
     for e in exc.errors():
-        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+        # A union's member names (`list[...]`, `constrained-str`) are pydantic's, not the client's: left out.
+        loc = [
+            str(p) for p in e.get("loc", ()) if p != "body" and (isinstance(p, int) or str(p).isidentifier())
+        ]
         where = ".".join(loc) or "body"
         msg = "body is not valid JSON" if e.get("type") == "json_invalid" else e.get("msg", e.get("type"))
+        msg = str(msg).removeprefix("Value error, ")
         problems.append(f"{where}: {msg}")
     return _error_response(ApiError(400, "; ".join(problems) or "invalid request", "invalid_request"))
+
+
+@app.exception_handler(UnicodeDecodeError)
+def _not_utf8(exc: UnicodeDecodeError) -> Response:
+    return _error_response(ApiError(400, "body is not valid JSON (not UTF-8 text)", "invalid_request"))
+
+
+@app.exception_handler(RequestUnsupportedContentType)
+def _unsupported_media_type(exc: RequestUnsupportedContentType) -> Response:
+    return _error_response(
+        ApiError(415, "the body must be JSON (Content-Type: application/json)", "unsupported_media_type")
+    )
 
 
 @app.not_found
@@ -103,7 +131,7 @@ def _unexpected(exc: Exception) -> Response:
     summary="Start the training pipeline on an uploaded dataset manifest",
     description="The manifest must exist; its current version (ETag) names the run, so starting the same "
     "manifest twice is one run (`duplicate: true` the second time).",
-    responses=_responses(StartTrainingJobResponse, 400, 502, status=202),
+    responses=_responses(StartTrainingJobResponse, 404, 415, 502, status=202),
     tags=["training"],
 )
 @tracer.capture_method
@@ -116,7 +144,7 @@ def start_training_job(request: StartTrainingJobRequest) -> StartTrainingJobResp
         code = exc.response.get("Error", {}).get("Code", "")
         if code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"):
             raise ApiError(
-                400, f"no dataset manifest at {request.dataset_uri}", "dataset_not_found"
+                404, f"no dataset manifest at {request.dataset_uri}", "dataset_not_found"
             ) from None
         if code in ("403", "AccessDenied"):
             raise ApiError(400, f"the API may not read {request.dataset_uri}", "dataset_forbidden") from None
@@ -214,7 +242,7 @@ def list_models(
     "them). Approving emits SageMaker's `Model Package State Change` event, which starts `promotion`. An "
     "already approved version is answered as it is and not approved again.",
     tags=["models"],
-    responses=_responses(ModelVersion, 400, 404),
+    responses=_responses(ModelVersion, 404, 415),
 )
 @tracer.capture_method
 def approve_model(
@@ -280,10 +308,17 @@ def _completion_responses(model: type) -> dict[int, dict[str, Any]]:
         "Headers: `x-prefix-hash`, `x-cache` (hit, miss, bypass, off, unavailable).",
         "content": {
             "application/json": {"model": model},
-            "text/event-stream": {"schema": {"type": "string"}},
+            "text/event-stream": {
+                "schema": {
+                    "description": "Each server-sent event: `data` is one JSON chunk, then `[DONE]`.",
+                    "type": "object",
+                    "properties": {"data": {"type": "string"}},
+                    "required": ["data"],
+                }
+            },
         },
     }
-    return {200: ok, **_errors(400, 404, 429, 500, 502, 503)}
+    return {200: ok, **_errors(404, 415, 429, 500, 502, 503)}
 
 
 @app.post(
@@ -308,7 +343,12 @@ def chat_completions(request: ChatCompletionRequest):
     return _complete(request)
 
 
-@app.get("/v1/models", summary="The live model (its id is what `model` names)", tags=["inference"])
+@app.get(
+    "/v1/models",
+    summary="The live model (its id is what `model` names)",
+    tags=["inference"],
+    responses=_responses(ServedModelList),
+)
 @tracer.capture_method
 def served_models() -> ServedModelList:
     try:
@@ -326,7 +366,28 @@ def served_models() -> ServedModelList:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+    refused = _refuse_non_json(event)
+    return refused if refused is not None else app.resolve(event, context)
+
+
+def _refuse_non_json(event: dict[str, Any]) -> dict[str, Any] | None:
+    """415 for a body that says it is not JSON. Powertools parses the body (a multipart one too, failing on a
+    malformed one) before any middleware of ours could look, so this check comes first."""
+    headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
+    media_type = str(headers.get("content-type", "")).split(";")[0].strip().lower()
+    if not event.get("body") or not media_type or media_type.endswith(("/json", "+json")):
+        return None
+    error = ApiError(
+        415,
+        f"the body must be JSON (Content-Type: application/json), not {media_type}",
+        "unsupported_media_type",
+    )
+    return {
+        "statusCode": 415,
+        "headers": {"Content-Type": "application/json"},
+        "body": error.body().model_dump_json(),
+        "isBase64Encoded": False,
+    }
 
 
 def openapi_json() -> str:

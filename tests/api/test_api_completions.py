@@ -52,6 +52,39 @@ def test_invalid_completion_requests_are_400_naming_the_field(http, control_plan
 def test_a_body_that_is_not_json_is_400(http, control_plane):
     r = http.post("/v1/completions", content=b'{"prompt": "hi"', headers={"Content-Type": "application/json"})
     assert "not valid JSON" in _error(r, 400, "invalid_request")["message"]
+    r = http.post("/v1/completions", content=b"\xff\xfe{", headers={"Content-Type": "application/json"})
+    assert "not UTF-8" in _error(r, 400, "invalid_request")["message"]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "multipart/form-data", "application/x-www-form-urlencoded"]
+)
+def test_a_body_that_says_it_is_not_json_is_415(http, control_plane, content_type):
+    r = http.post("/v1/completions", content=b'{"prompt": "hi"}', headers={"Content-Type": content_type})
+    assert content_type in _error(r, 415, "unsupported_media_type")["message"]
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"prompt": [1, False]}, "prompt.1"),
+        ({"prompt": "hi", "max_tokens": "8"}, "max_tokens"),
+        ({"prompt": "hi", "max_tokens": 2.5}, "max_tokens"),
+        ({"prompt": "hi", "ignore_eos": 0}, "ignore_eos"),
+        ({"prompt": "hi", "seed": 2**53}, "seed"),
+        ({"prompt": "hi", "stop": [""]}, "stop"),
+    ],
+)
+def test_json_types_are_taken_as_written(http, control_plane, body, field):
+    err = _error(http.post("/v1/completions", json=body), 400, "invalid_request")
+    assert field in err["message"], err
+
+
+def test_integral_numbers_written_as_floats_are_integers(http, live_stub):
+    r = http.post("/v1/completions", json={"prompt": [1.0, 2], "max_tokens": 4.0, "n": 1.0, "seed": 3.0})
+    assert r.status_code == 200, r.text
+    sent = live_stub.requests[0]["body"]
+    assert (sent["prompt"], sent["max_tokens"], sent["seed"]) == ([1, 2], 4, 3)
 
 
 # ------------------------------------------------------------------------------------------- the live endpoint

@@ -122,8 +122,8 @@ def test_run_id_is_the_one_the_upload_event_names(http, control_plane):
 @pytest.mark.parametrize(
     "body, code",
     [
-        ({"dataset_uri": "s3://nope-bucket-x/datasets/a/manifest.json"}, "dataset_not_found"),
         ({"dataset_uri": "http://example.com/manifest.json"}, "invalid_request"),
+        ({"dataset_uri": 5}, "invalid_request"),
         ({"dataset_uri": "s3://bucket/datasets/a/manifest.json", "extra": 1}, "invalid_request"),
         ({}, "invalid_request"),
     ],
@@ -133,10 +133,18 @@ def test_a_bad_training_request_is_a_400_that_says_why(http, control_plane, body
     assert err["type"] == "invalid_request_error"
 
 
-def test_a_missing_manifest_is_named_in_the_error(http, control_plane):
-    uri = f"s3://{control_plane.data_bucket}/datasets/none/manifest.json"
-    err = _assert_error(http.post("/training-jobs", json={"dataset_uri": uri}), 400, "dataset_not_found")
-    assert uri in err["message"]
+def test_a_missing_manifest_or_bucket_is_a_404_naming_it(http, control_plane):
+    for uri in (
+        f"s3://{control_plane.data_bucket}/datasets/none/manifest.json",
+        "s3://nope-bucket-x/datasets/a/manifest.json",
+    ):
+        err = _assert_error(http.post("/training-jobs", json={"dataset_uri": uri}), 404, "dataset_not_found")
+        assert uri in err["message"] and err["type"] == "not_found_error"
+
+
+def test_a_body_that_is_not_json_is_415(http, control_plane):
+    r = http.post("/training-jobs", content=b"dataset", headers={"Content-Type": "text/plain"})
+    _assert_error(r, 415, "unsupported_media_type")
 
 
 def test_training_jobs_are_listed_and_shown_without_the_task_token(http, control_plane):
@@ -216,4 +224,9 @@ def test_the_openapi_document_names_the_api_key_and_the_error_body():
             assert "422" not in op["responses"], (method, path)
             for status, resp in op["responses"].items():
                 if status.startswith(("4", "5")):
-                    assert resp["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+                    body = "/GatewayMessage" if status == "403" else "/ErrorResponse"
+                    assert resp["content"]["application/json"]["schema"]["$ref"].endswith(body), (
+                        method,
+                        path,
+                    )
+            assert "403" in op["responses"], (method, path)

@@ -7,9 +7,9 @@ there as here, since OpenAI clients send many; known fields with values we do no
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from moe_control.errors import ControlPlaneError
@@ -18,6 +18,14 @@ from moe_control.registry import ApprovalStatus, ModelVersion
 from moe_control.runs import Run
 
 MAX_STOP_SEQUENCES = 4
+
+
+def _integral(value: Any) -> Any:
+    # JSON has one number type: 2.0 is an integer to JSON Schema (and to OpenAI clients); true is not.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+StopText = Annotated[str, Field(min_length=1)]
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -31,6 +39,12 @@ class ErrorResponse(BaseModel):
     """Every 4xx and 5xx body (OpenAI's shape, on every route)."""
 
     error: ErrorDetail
+
+
+class GatewayMessage(BaseModel):
+    """API Gateway's own answers, before the function runs: 403 without a valid API key, 429 when throttled."""
+
+    message: str
 
 
 class ApiError(ControlPlaneError):
@@ -53,6 +67,8 @@ _ERROR_TYPES = {404: "not_found_error", 429: "rate_limit_error"}
 # ---------------------------------------------------------------------------------------------- training jobs
 class StartTrainingJobRequest(ApiTrainingRequest):
     """Start the training pipeline on a dataset manifest already uploaded to S3."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class StartTrainingJobResponse(BaseModel):
@@ -81,7 +97,7 @@ class ModelList(BaseModel):
 
 
 class ApproveModelRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     description: str = Field(default="approved through the API", min_length=1, max_length=1024)
 
@@ -91,7 +107,8 @@ ModelStatusFilter = ApprovalStatus
 
 # ---------------------------------------------------------------------------------------------- OpenAI-compatible
 class _SamplingFields(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Strict: JSON types as written (no "1" for 1, no false for 0); an int is still a valid float.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = Field(
         default=None, description="The id GET /v1/models lists; omitted = the live model."
@@ -99,23 +116,26 @@ class _SamplingFields(BaseModel):
     max_tokens: int = Field(default=16, ge=1, description="At most MAX_OUTPUT_TOKENS (default 512).")
     temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="0 = greedy.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = Field(default=None, description=f"Up to {MAX_STOP_SEQUENCES} strings.")
-    seed: int | None = Field(default=None, ge=0, lt=2**63, description="Same seed, same output.")
+    stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOP_SEQUENCES)] | None = Field(
+        default=None, description=f"A string or up to {MAX_STOP_SEQUENCES} (non-empty)."
+    )
+    # Up to 2**53 - 1: exact as a JSON number in every client (JavaScript's too); the worker takes up to 2**63.
+    seed: int | None = Field(default=None, ge=0, le=2**53 - 1, description="Same seed, same output.")
     stream: bool = Field(
         default=False, description="Answer the SSE transcript (text/event-stream), buffered."
     )
     n: int = Field(default=1, ge=1, le=1, description="Only one choice per request is served.")
     ignore_eos: bool = Field(default=False, description="vLLM's extension: generate exactly max_tokens.")
 
-    @field_validator("stop")
+    @model_validator(mode="before")
     @classmethod
-    def _stop_list(cls, v: str | list[str] | None) -> str | list[str] | None:
-        stops = [] if v is None else [v] if isinstance(v, str) else v
-        if len(stops) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
-        if any(not s for s in stops):
-            raise ValueError("stop sequences must be non-empty")
-        return v
+    def _integral_numbers(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = {k: _integral(v) if k in ("max_tokens", "n", "seed") else v for k, v in data.items()}
+        if isinstance(data.get("prompt"), list):
+            data["prompt"] = [_integral(t) for t in data["prompt"]]
+        return data
 
     @property
     def deterministic(self) -> bool:
@@ -136,20 +156,18 @@ class _SamplingFields(BaseModel):
         }
 
 
-class CompletionRequest(_SamplingFields):
-    prompt: str | list[int] = Field(description="Text, or token ids of the deployed model's tokenizer.")
+TokenId = Annotated[int, Field(ge=0)]
 
-    @field_validator("prompt")
-    @classmethod
-    def _non_empty(cls, v: str | list[int]) -> str | list[int]:
-        if len(v) == 0:
-            raise ValueError("prompt must not be empty")
-        if isinstance(v, list) and any(t < 0 for t in v):
-            raise ValueError("token ids must be >= 0")
-        return v
+
+class CompletionRequest(_SamplingFields):
+    prompt: Annotated[str, Field(min_length=1)] | Annotated[list[TokenId], Field(min_length=1)] = Field(
+        description="Text, or token ids of the deployed model's tokenizer."
+    )
 
 
 class ChatMessage(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     role: Literal["system", "user", "assistant"]
     content: str
 
