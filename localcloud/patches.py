@@ -9,8 +9,9 @@ changes (for example, if a new moto implements the target itself), so a moto upg
    `Rule.send_to_targets` (an S3 event that meets such a rule is dropped in silence, and later rules are
    skipped). Lambda targets are invoked asynchronously and state machine targets start an execution, with the
    target's Input / InputPath / InputTransformer applied. Other targets keep moto's own delivery.
-3. S3 events on EventBridge carry one fixed id and an epoch-number time for every event; EventBridge sends a
-   unique id and an ISO-8601 time. Delivered events get both, so idempotency keys and parsers see real shapes.
+3. S3 events on EventBridge carry one fixed id and an epoch-number time for every event, and name the object's
+   ETag `eTag`; EventBridge sends a unique id, an ISO-8601 time and `etag`. Delivered events get all three, so
+   idempotency keys and parsers see real shapes.
 4. Step Functions: `start_execution` without a name names it `None`, so a second unnamed start collides;
    an unnamed execution gets a UUID, as in AWS.
 5. EventBridge: an event that matches no rule is accepted in silence (as in AWS); the local cloud records every
@@ -58,6 +59,9 @@ def _normalise_event(event: dict[str, Any]) -> dict[str, Any]:
     event.pop("ingestion-time", None)
     if event.get("id") in (None, "", _BASE_S3_EVENT_ID):
         event["id"] = str(uuid.uuid4())
+    obj = event.get("detail", {}).get("object") if event.get("source") == "aws.s3" else None
+    if isinstance(obj, dict) and "eTag" in obj:
+        obj["etag"] = obj.pop("eTag")
     when = event.get("time")
     if isinstance(when, (int, float)):
         event["time"] = dt.datetime.fromtimestamp(when, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -70,10 +70,16 @@ def test_moto_names_an_unnamed_execution_none_so_a_second_collides(cloud):
     assert a != b and len(a.rsplit(":", 1)[1]) == 36
 
 
-def test_moto_s3_events_carry_a_fixed_id_and_an_epoch_time():
-    from moto.events.utils import _BASE_EVENT_MESSAGE
+def test_moto_s3_events_carry_a_fixed_id_an_epoch_time_and_etag_as_eTag():
+    import inspect
 
+    from moto.events.utils import _BASE_EVENT_MESSAGE
+    from moto.s3 import notifications
+
+    assert '"eTag": key.etag' in inspect.getsource(notifications._send_event_bridge_message)
     assert _BASE_EVENT_MESSAGE["id"] == patches._BASE_S3_EVENT_ID
+    s3_event = {**_BASE_EVENT_MESSAGE, "source": "aws.s3", "detail": {"object": {"key": "k", "eTag": "abc"}}}
+    assert patches._normalise_event(s3_event)["detail"]["object"] == {"key": "k", "etag": "abc"}
     normalised = patches._normalise_event({**_BASE_EVENT_MESSAGE, "time": 1_700_000_000, "ingestion-time": 1})
     assert normalised["id"] != patches._BASE_S3_EVENT_ID
     assert normalised["time"] == "2023-11-14T22:13:20Z" and "ingestion-time" not in normalised
@@ -195,6 +201,7 @@ def test_moto_reports_a_heartbeat_timeout_as_states_timeout():
     from moto.stepfunctions.parser.asl.eval.callback.callback import HeartbeatTimeoutError
 
     patches.apply()
+
     class Task(StateTask):
         def _eval_execution(self, env):  # abstract in moto; the error mapping needs no parsed state
             pass

@@ -26,6 +26,12 @@ def client(service: str) -> Any:
     return _client(service, region, os.environ.get("AWS_ENDPOINT_URL"))
 
 
-def resource(service: str) -> Any:
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+@functools.cache
+def _resource(service: str, region: str | None, endpoint: str | None) -> Any:
     return boto3.session.Session().resource(service, region_name=region, config=_CONFIG)
+
+
+def resource(service: str) -> Any:
+    """A cached boto3 resource (a new session costs ~0.1 s: once per process, not per request)."""
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return _resource(service, region, os.environ.get("AWS_ENDPOINT_URL"))

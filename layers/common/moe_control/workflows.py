@@ -76,9 +76,16 @@ def start(start: WorkflowStart) -> dict[str, Any]:
     """StartExecution named by the de-duplication key; an existing execution of that name is a duplicate."""
     sfn = client("stepfunctions")
     arn = state_machine_arn(start.workflow)
+    execution_arn = arn.replace(":stateMachine:", ":execution:") + f":{start.name}"
+    try:
+        # StartExecution with the name and input of a RUNNING execution returns that one without an error:
+        # look first, so a repeat is reported as one.
+        sfn.describe_execution(executionArn=execution_arn)
+        return {"workflow": start.workflow, "execution_arn": execution_arn, "duplicate": True}
+    except sfn.exceptions.ExecutionDoesNotExist:
+        pass
     try:
         execution = sfn.start_execution(stateMachineArn=arn, name=start.name, input=json.dumps(start.input))
         return {"workflow": start.workflow, "execution_arn": execution["executionArn"], "duplicate": False}
     except sfn.exceptions.ExecutionAlreadyExists:
-        execution_arn = arn.replace(":stateMachine:", ":execution:") + f":{start.name}"
         return {"workflow": start.workflow, "execution_arn": execution_arn, "duplicate": True}
