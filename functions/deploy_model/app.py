@@ -13,13 +13,13 @@ from moe_control.observability import workflow_step
 class DeployModelInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: dict[str, Any]
+    model: promotion.ModelRef
     placement: dict[str, Any]
 
 
 @workflow_step(DeployModelInput)
 def deploy_model(p: DeployModelInput) -> Any:
-    return promotion.deploy(p.model, p.placement)
+    return promotion.deploy(p.model.model_dump(), p.placement)
 
 
 lambda_handler = deploy_model

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from moe_control import pipeline, recovery
+from moe_control.errors import MalformedEvent
 from moe_control.observability import workflow_step
 
 
@@ -24,7 +25,7 @@ def launch_training(p: LaunchTrainingInput) -> Any:
     if p.action == "relaunch":
         return recovery.relaunch(p.run_id, p.checkpoint or {})
     if not p.task_token:
-        raise ValueError("launch needs the task token ($$.Task.Token)")
+        raise MalformedEvent("launch needs the task token ($$.Task.Token)")
     return pipeline.launch_training(p.run_id, p.task_token)
 
 

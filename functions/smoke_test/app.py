@@ -13,12 +13,12 @@ from moe_control.observability import workflow_step
 class SmokeTestInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    endpoint: dict[str, Any]
+    endpoint: promotion.EndpointRef
 
 
 @workflow_step(SmokeTestInput)
 def smoke_test(p: SmokeTestInput) -> Any:
-    return promotion.smoke_test(p.endpoint)
+    return promotion.smoke_test(p.endpoint.model_dump())
 
 
 lambda_handler = smoke_test

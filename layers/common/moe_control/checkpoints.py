@@ -20,12 +20,14 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from moe_control.errors import ControlPlaneError
+
 MANIFEST_NAME = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d{10})$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class CheckpointError(Exception):
+class CheckpointError(ControlPlaneError):
     """A checkpoint location or checkpoint that cannot be used; the message says why."""
 
 

@@ -6,6 +6,7 @@ import json
 import posixpath
 from typing import Any
 
+from botocore.exceptions import ParamValidationError
 from pydantic import ValidationError
 
 from moe_control.datasets import DatasetManifest
@@ -17,6 +18,13 @@ def read_manifest(s3: Any, bucket: str, key: str) -> DatasetManifest:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except s3.exceptions.NoSuchKey:
         raise DatasetRejected(f"s3://{bucket}/{key} does not exist") from None
+    except ParamValidationError as exc:  # a bucket or key S3 cannot have
+        raise DatasetRejected(f"s3://{bucket}/{key} is not an S3 object name: {exc}") from None
+    except s3.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchBucket", "AccessDenied", "InvalidBucketName", "403", "404"):
+            raise DatasetRejected(f"s3://{bucket}/{key} cannot be read: {code}") from None
+        raise
     try:
         return DatasetManifest.model_validate(json.loads(body))
     except json.JSONDecodeError as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from pydantic import BaseModel
@@ -10,6 +9,7 @@ from pydantic import BaseModel
 from moe_control.aws import resource
 from moe_control.errors import NoLiveEndpoint
 from moe_control.runs import now
+from moe_control.settings import env
 
 LIVE = "live"
 
@@ -26,7 +26,7 @@ class Deployment(BaseModel):
 
 
 def _table() -> Any:
-    return resource("dynamodb").Table(os.environ["DEPLOYMENTS_TABLE"])
+    return resource("dynamodb").Table(env("DEPLOYMENTS_TABLE"))
 
 
 def put(d: Deployment) -> Deployment:

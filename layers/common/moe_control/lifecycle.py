@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from moe_control.compute import ClusterNotReady, get_backend
-from moe_control.errors import ClusterFailed
+from moe_control.errors import ClusterFailed, MalformedEvent
 from moe_control.settings import env, env_int
 
 
@@ -24,11 +24,11 @@ def cluster_action(
         state = backend.describe_cluster(name)
     elif action == "scale":
         if count is None or count < 0:
-            raise ValueError("scale needs a count >= 0")
+            raise MalformedEvent("scale needs a count >= 0")
         state = backend.scale_cluster(name, count)
     elif action == "replace_node":
         if not instance_id:
-            raise ValueError("replace_node needs an instance_id")
+            raise MalformedEvent("replace_node needs an instance_id")
         return {"cluster": name, "replacement": backend.replace_node(name, instance_id)}
     elif action == "delete":
         backend.delete_cluster(name)
@@ -39,7 +39,7 @@ def cluster_action(
             backend.delete_cluster(cluster)
         return {"deleted": idle}
     else:
-        raise ValueError(
+        raise MalformedEvent(
             f"unknown cluster action {action!r}: ensure, describe, scale, replace_node, delete, teardown_idle"
         )
     if state.status in ("Failed", "RollingBack"):

@@ -8,6 +8,8 @@ import math
 import posixpath
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from moe_control import deployments
 from moe_control import events as ev
 from moe_control.aws import client
@@ -15,6 +17,26 @@ from moe_control.checkpoints import parse_s3_uri
 from moe_control.compute import get_backend
 from moe_control.errors import DeploymentFailed, GateFailed, SmokeTestFailed
 from moe_control.settings import env_float
+
+
+class ModelRef(BaseModel):
+    """The model the promotion deploys, as check_gates answers it (the deploy and shift steps' input)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model_package_arn: str
+    version: str = Field(min_length=1)
+    artifact_uri: str = Field(min_length=1)
+    run_id: str | None = None
+
+
+class EndpointRef(BaseModel):
+    """A candidate inference endpoint, as deploy answers it (the smoke test's and shift steps' input)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    endpoint_id: str = Field(min_length=1)
+    url: str | None = None
 
 
 def check_gates(event: dict[str, Any]) -> dict[str, Any]:
@@ -56,7 +78,7 @@ def plan_placement(artifact_uri: str) -> dict[str, Any]:
             "expert_budget": 1.0,
             "reason": "no routing_stats.json: all experts resident",
         }
-    rows = stats.get("expert_counts") or list((stats.get("layers") or stats).values())
+    rows = _expert_counts(stats)
     coverage = env_float("EXPERT_COVERAGE", 0.9)
     hot: list[list[int]] = []
     needed = 0
@@ -76,6 +98,22 @@ def plan_placement(artifact_uri: str) -> dict[str, Any]:
     placement_key = posixpath.join(prefix, "placement.json")
     s3.put_object(Bucket=bucket, Key=placement_key, Body=json.dumps(plan).encode())
     return {"placement_uri": f"s3://{bucket}/{placement_key}", "expert_budget": budget}
+
+
+def _expert_counts(stats: dict[str, Any]) -> list[list[float]]:
+    """Tokens per expert, one row per routed layer, from the training worker's routing_stats.json
+    (`{"layers": [{"router", "layer", "tokens_per_expert"}, ...]}`; the MTP block's router is left out)."""
+    layers = stats.get("layers")
+    if not isinstance(layers, list):
+        raise GateFailed("routing_stats.json has no 'layers' list")
+    rows = []
+    for entry in layers:
+        counts = entry.get("tokens_per_expert") if isinstance(entry, dict) else None
+        if not isinstance(counts, list) or not all(isinstance(c, (int, float)) for c in counts):
+            raise GateFailed(f"routing_stats.json: malformed layer entry {str(entry)[:120]}")
+        if not str(entry.get("layer", "")).startswith("mtp"):
+            rows.append([float(c) for c in counts])
+    return rows
 
 
 def deploy(model: dict[str, Any], placement: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +154,10 @@ def smoke_test(endpoint: dict[str, Any]) -> dict[str, Any]:
         response = client("sagemaker-runtime").invoke_endpoint(
             EndpointName=endpoint["endpoint_id"], ContentType="application/json", Body=body
         )
-        answer = json.loads(response["Body"].read())
+        try:
+            answer = json.loads(response["Body"].read())
+        except json.JSONDecodeError as exc:
+            raise SmokeTestFailed(f"{endpoint['endpoint_id']}: the answer is not JSON: {exc}") from None
     try:
         text = answer["choices"][0]["text"]
         tokens = answer["usage"]["completion_tokens"]

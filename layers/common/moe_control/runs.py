@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -13,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from moe_control.aws import resource
 from moe_control.errors import RunNotFound
+from moe_control.settings import env
 
 RunStatus = Literal["VALIDATED", "STAGED", "TRAINING", "RECOVERING", "TRAINED", "REGISTERED", "FAILED"]
 
@@ -57,7 +57,7 @@ class Run(BaseModel):
 
 
 def _table() -> Any:
-    return resource("dynamodb").Table(os.environ["RUNS_TABLE"])
+    return resource("dynamodb").Table(env("RUNS_TABLE"))
 
 
 def _to_item(value: Any) -> Any:
