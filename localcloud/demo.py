@@ -46,6 +46,17 @@ DEMO_TRAINING = {
 }
 
 
+def _why(desc: dict[str, Any]) -> str:
+    """A failed execution's error and message, without the handler's stack trace."""
+    cause = desc.get("cause") or ""
+    try:
+        parsed = json.loads(cause)
+        cause = f"{parsed.get('errorType')}: {parsed.get('errorMessage')}"
+    except (json.JSONDecodeError, AttributeError):
+        pass
+    return f"{desc['status']}: {desc.get('error')}: {cause[:600]}"
+
+
 class DemoFailed(Exception):
     def __init__(self, step: str, reason: str) -> None:
         super().__init__(f"{step}: {reason}")
@@ -303,7 +314,7 @@ def run_demo(
             "promotion to finish", "promotion", lambda: finished(cloud, "PromotionStateMachine"), 240 * T, 1.0
         )
         if promo["status"] != "SUCCEEDED":
-            raise DemoFailed("promotion", f"{promo['status']}: {promo.get('error')}: {promo.get('cause')}")
+            raise DemoFailed("promotion", _why(promo))
         out = json.loads(promo["output"])
         tl.say(
             "promotion",

@@ -95,6 +95,11 @@ def launch_training(run_id: str, task_token: str) -> dict[str, Any]:
     return {"job_id": launched.job_id, "backend": launched.backend}
 
 
+def headline_loss(metrics: dict[str, Any]) -> Any:
+    """The one loss the gates read: held-out if the worker measured it, else the final training loss."""
+    return next((metrics[k] for k in ("eval_loss", "final_loss", "loss") if k in metrics), None)
+
+
 def evaluate(run_id: str, result: dict[str, Any]) -> dict[str, Any]:
     """The gate between training and the registry: the final loss is finite and clearly below chance.
 
@@ -102,7 +107,7 @@ def evaluate(run_id: str, result: dict[str, Any]) -> dict[str, Any]:
     """
     run = get_run(run_id)
     metrics = result.get("metrics") or {}
-    loss = next((metrics[k] for k in ("eval_loss", "final_loss", "loss") if k in metrics), None)
+    loss = headline_loss(metrics)
     vocab = int(run.training.get("vocab_size", 2048))
     bar = env_float("EVAL_MAX_LOSS_FRACTION", 0.9) * math.log(vocab)
     artifact = result.get("artifact_uri") or run.artifact_uri

@@ -16,6 +16,7 @@ from moe_control.aws import client
 from moe_control.checkpoints import parse_s3_uri
 from moe_control.compute import get_backend
 from moe_control.errors import DeploymentFailed, GateFailed, SmokeTestFailed
+from moe_control.pipeline import headline_loss
 from moe_control.settings import env_float
 
 
@@ -48,7 +49,7 @@ def check_gates(event: dict[str, Any]) -> dict[str, Any]:
         raise GateFailed(f"{e.detail.ModelPackageArn} is {model.approval_status}, not Approved")
     if not model.artifact_uri:
         raise GateFailed(f"{e.detail.ModelPackageArn} has no artifact")
-    loss = model.metrics.get("loss")
+    loss = headline_loss(model.metrics)
     limit = env_float("PROMOTION_MAX_LOSS", 1e9)
     if loss is None or not math.isfinite(loss) or loss > limit:
         raise GateFailed(
