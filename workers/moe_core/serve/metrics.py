@@ -73,3 +73,6 @@ class ServerMetrics:
             "moe_request_latency_seconds", "Arrival to last token", buckets=LATENCY_BUCKETS, registry=r
         )
         r.register(EngineCollector(engine, store))
+        from moe_core.system_metrics import SystemCollector
+
+        r.register(SystemCollector())  # GPU temperature, power, memory, utilisation; network bytes

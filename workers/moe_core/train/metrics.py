@@ -52,6 +52,9 @@ class MetricsLogger:
             n: Gauge(f"moe_train_{n}", f"training {n.replace('_', ' ')}", registry=reg) for n in names
         }
         self._tokens = Counter("moe_train_tokens", "tokens trained on by this process's run", registry=reg)
+        from moe_core.system_metrics import SystemCollector
+
+        reg.register(SystemCollector())  # GPU temperature, power, memory, utilisation; network bytes
         start_http_server(port, registry=reg)
         log.info("Prometheus metrics on :%d/metrics", port)
 
