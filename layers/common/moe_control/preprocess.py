@@ -17,25 +17,9 @@ from typing import Any
 
 from moe_control.api_models import ApiError, ChatCompletionRequest, CompletionRequest
 from moe_control.aws import client
+from moe_control.chat_template import render_chat
 from moe_control.deployments import Deployment
 from moe_control.settings import env_int
-
-# ------------------------------------------------------------------------------------------- the chat template
-# The worker's format (docs/serving.md, "Chat template"; workers/moe_core/serve/chat_template.py), copied here
-# because the layer cannot import the worker package; tests/api checks that both render the same prompt.
-ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
-BOS, EOS = "<|bos|>", "<|eos|>"
-
-
-def render_chat(messages: list[tuple[str, str]]) -> str:
-    """[(role, content), ...] -> the prompt text, ending with the assistant's turn marker."""
-    parts = [BOS]
-    for role, content in messages:
-        if role not in ROLE_TOKENS:
-            raise ValueError(f"unknown chat role {role!r}; expected one of {sorted(ROLE_TOKENS)}")
-        parts.append(f"{ROLE_TOKENS[role]}{content}{EOS}")
-    parts.append(ROLE_TOKENS["assistant"])
-    return "".join(parts)
 
 
 # ------------------------------------------------------------------------------------------- limits
