@@ -21,10 +21,10 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from moe_control.errors import ControlPlaneError
+from moe_control.files import ListedFile
 
 MANIFEST_NAME = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d{10})$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class CheckpointError(ControlPlaneError):
@@ -43,27 +43,14 @@ def parse_step_dir(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-class CheckpointFile(BaseModel):
-    """One file of a checkpoint, relative to its step folder."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    path: str = Field(min_length=1, max_length=1024)
-    size: int = Field(ge=0)
-    sha256: str
+class CheckpointFile(ListedFile):
+    """One file of a checkpoint, relative to its step folder (never the manifest itself)."""
 
     @field_validator("path")
     @classmethod
-    def _relative(cls, v: str) -> str:
-        if v.startswith("/") or ".." in v.split("/") or v == MANIFEST_NAME:
-            raise ValueError("path must be relative to the step folder, without '..', and not the manifest")
-        return v
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, v: str) -> str:
-        if not _SHA256.match(v):
-            raise ValueError("sha256 must be 64 lowercase hex digits")
+    def _not_the_manifest(cls, v: str) -> str:
+        if v == MANIFEST_NAME:
+            raise ValueError("a checkpoint's file list cannot name the manifest")
         return v
 
 

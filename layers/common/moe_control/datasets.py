@@ -7,33 +7,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from moe_control.files import ListedFile
+
 MANIFEST_NAME = "manifest.json"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class DatasetFile(BaseModel):
+class DatasetFile(ListedFile):
     """One corpus file, named relative to the manifest's folder."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    path: str = Field(min_length=1, max_length=1024)
-    size: int = Field(ge=0)
-    sha256: str
-
-    @field_validator("path")
-    @classmethod
-    def _relative(cls, v: str) -> str:
-        if v.startswith("/") or ".." in v.split("/"):
-            raise ValueError("path must be relative to the manifest's folder, without '..'")
-        return v
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, v: str) -> str:
-        if not _SHA256.match(v):
-            raise ValueError("sha256 must be 64 lowercase hex digits")
-        return v
 
 
 class TrainingSpec(BaseModel):
