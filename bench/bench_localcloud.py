@@ -13,7 +13,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 
 CHILD = r"""
 import json, time, tempfile, urllib.request
