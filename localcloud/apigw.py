@@ -73,6 +73,13 @@ class LocalRestApi:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
 
+            def __getattr__(self, name: str) -> Any:
+                # Any other method (TRACE, QUERY, ...) gets the router's answer too, as API Gateway answers
+                # it, rather than http.server's 501.
+                if name.startswith("do_"):
+                    return self._serve
+                raise AttributeError(name)
+
         try:
             self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         except OSError as exc:
