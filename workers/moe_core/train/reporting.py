@@ -45,8 +45,12 @@ class TaskReporter:
                 self.client.send_task_heartbeat(taskToken=self.task_token)
                 self.heartbeats_sent += 1
             except Exception as e:  # a missed heartbeat must never kill the training itself
-                log.warning("task heartbeat failed: %s", e)
+                log.warning("task heartbeat failed: %s", self._redacted(e))
             self._stop.wait(self.heartbeat_seconds)
+
+    def _redacted(self, error: Exception) -> str:
+        """The error's text without the task token (a credential for the workflow), should AWS echo it."""
+        return str(error).replace(self.task_token, "<task-token>") if self.task_token else str(error)
 
     def stop_heartbeats(self) -> None:
         self._stop.set()
@@ -69,4 +73,4 @@ class TaskReporter:
                 )
                 self.finished = True
             except Exception as e:
-                log.error("could not report failure %s to Step Functions: %s", error, e)
+                log.error("could not report failure %s to Step Functions: %s", error, self._redacted(e))
