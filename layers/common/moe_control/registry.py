@@ -91,7 +91,7 @@ def register_model(
     run_id: str, artifact_uri: str, metrics: dict[str, float], image_uri: str, group: str | None = None
 ) -> str:
     """Register a trained model as a new version, PendingManualApproval; returns the model package ARN."""
-    if not artifact_uri.startswith("s3://"):
+    if not (artifact_uri or "").startswith("s3://"):  # None: the run was never evaluated
         raise ModelRegistrationRejected(f"the artifact must be an s3:// folder, got {artifact_uri!r}")
     folder = artifact_uri if artifact_uri.endswith("/") else artifact_uri + "/"
     group = ensure_group(group)

@@ -81,6 +81,8 @@ def put_run(run: Run) -> Run:
 
 
 def get_run(run_id: str) -> Run:
+    if not run_id or len(run_id.encode()) > 2048:  # DynamoDB refuses such a key outright
+        raise RunNotFound(f"no training run {run_id[:100]!r}")
     item = _table().get_item(Key={"run_id": run_id}, ConsistentRead=True).get("Item")
     if item is None:
         raise RunNotFound(f"no training run {run_id!r}")
