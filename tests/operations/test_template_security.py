@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from typing import Any
+
+import pytest
 
 from tests.operations.conftest import TEMPLATE, LambdaContext, load_function
 
@@ -207,3 +210,38 @@ def test_vpc_endpoints_and_the_trail_exist_only_when_asked_for(template):
         params["EnableVpcEndpoints"]["Default"] == "false"
         and params["EnableCloudTrail"]["Default"] == "false"
     )
+
+
+CHECKOV = TEMPLATE.parent / ".venv-checkov" / "bin" / "checkov"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHECKOV.exists(), reason="make lint installs checkov into .venv-checkov")
+def test_checkov_passes_with_every_optional_resource_on(tmp_path):
+    """checkov leaves out resources whose condition is false under the default parameters (the trail, the VPC
+    endpoints, FSx): make lint scans the defaults, this scans a copy with every option on."""
+    text = TEMPLATE.read_text()
+    for name, value in {
+        "EnableVpcEndpoints": '"true"',
+        "EnableCloudTrail": '"true"',
+        "VpcId": "vpc-0123456789abcdef0",
+        "SubnetIds": "subnet-1,subnet-2",
+        "SecurityGroupIds": "sg-1",
+        "RouteTableIds": "rtb-1",
+        "ClusterExecutionRoleArn": "arn:aws:iam::123456789012:role/cluster",
+        "InferenceRoleArn": "arn:aws:iam::123456789012:role/inference",
+    }.items():
+        text, n = re.subn(
+            rf"(\n  {name}:\n(?:    .*\n)*?    Default: ).*\n", rf"\g<1>{value}\n", text, count=1
+        )
+        assert n == 1, name
+    copy = tmp_path / "template.yaml"
+    copy.write_text(text)
+    cmd = [str(CHECKOV), "-f", str(copy), "--framework", "cloudformation", "--skip-download", "-o", "json"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    report = json.loads(run.stdout)
+    report = report[0] if isinstance(report, list) else report
+    failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
+    assert failed == []
+    scanned = {c["resource"] for c in report["results"]["passed_checks"]}
+    assert {"AWS::CloudTrail::Trail.Trail", "AWS::S3::Bucket.TrailBucket"} <= scanned

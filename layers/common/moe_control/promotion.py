@@ -8,6 +8,7 @@ import math
 import posixpath
 from typing import Any
 
+from botocore.exceptions import ClientError, ParamValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
 from moe_control import deployments
@@ -79,6 +80,8 @@ def plan_placement(artifact_uri: str) -> dict[str, Any]:
             "expert_budget": 1.0,
             "reason": "no routing_stats.json: all experts resident",
         }
+    except (s3.exceptions.NoSuchBucket, ParamValidationError) as exc:
+        raise DeploymentFailed(f"the model artifact {artifact_uri} cannot be read: {exc}") from None
     rows = _expert_counts(stats)
     coverage = env_float("EXPERT_COVERAGE", 0.9)
     hot: list[list[int]] = []
@@ -152,11 +155,13 @@ def smoke_test(endpoint: dict[str, Any]) -> dict[str, Any]:
         except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as exc:
             raise SmokeTestFailed(f"{endpoint['endpoint_id']}: {exc}") from None
     else:
-        response = client("sagemaker-runtime").invoke_endpoint(
-            EndpointName=endpoint["endpoint_id"], ContentType="application/json", Body=body
-        )
         try:
+            response = client("sagemaker-runtime").invoke_endpoint(
+                EndpointName=endpoint["endpoint_id"], ContentType="application/json", Body=body
+            )
             answer = json.loads(response["Body"].read())
+        except (ClientError, ParamValidationError) as exc:
+            raise SmokeTestFailed(f"{endpoint['endpoint_id']}: {exc}") from None
         except json.JSONDecodeError as exc:
             raise SmokeTestFailed(f"{endpoint['endpoint_id']}: the answer is not JSON: {exc}") from None
     try:
