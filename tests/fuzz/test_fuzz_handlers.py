@@ -28,7 +28,7 @@ from tests.fuzz.strategies import (
     json_values,
     malformed_events,
 )
-from tests.operations.conftest import LambdaContext, load_function
+from tests.operations.lambda_helpers import LambdaContext, load_function
 
 RUN_ID = "tiny-0123456789"
 ARTIFACT = "s3://moe-fuzz-models/models/tiny-0123456789/"

@@ -13,7 +13,7 @@ import uuid
 import boto3
 import pytest
 
-from tests.operations.conftest import LambdaContext, load_function
+from tests.operations.lambda_helpers import LambdaContext, load_function
 
 
 @pytest.fixture

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.operations.conftest import TEMPLATE, LambdaContext, load_function
+from tests.operations.lambda_helpers import REPO, LambdaContext, load_function
+
+TEMPLATE = REPO / "template.yaml"
 
 
 def _resources(template: dict[str, Any], rtype: str) -> dict[str, dict[str, Any]]:
