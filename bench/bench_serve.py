@@ -420,7 +420,14 @@ def main() -> None:
     ap.add_argument("--store-tokens", type=int, default=32)
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile'd layers under graphs")
     ap.add_argument("--simulate-only", action="store_true")
-    ap.add_argument("--sections", default="decode,hf,store,simulate")
+    ap.add_argument("--sections", default="decode,ttft,hf,store,simulate")
+    ap.add_argument(
+        "--variants",
+        default="eager,graphs-ref,graphs",
+        help="decode variants: eager, graphs-ref (CUDA graphs over the model's reference paths), graphs "
+        "(CUDA graphs over the serving fast paths), compile; each eager/graphs one on the fast paths",
+    )
+    ap.add_argument("--kernels", action="store_true", help="count GPU kernels of one eager decode step")
     ap.add_argument(
         "--no-pin", action="store_true", help="host tier in pageable memory (pinning 29 GB takes ~50 s)"
     )
@@ -464,7 +471,9 @@ def main() -> None:
     moe_layers = cfg.n_layers - cfg.n_dense_layers
     results: dict = {}
 
-    def engine_for(graphs: bool, compile_layers: bool = False, max_seqs: int = max_batch) -> LLMEngine:
+    def engine_for(
+        graphs: bool, compile_layers: bool = False, max_seqs: int = max_batch, fast: bool = True
+    ) -> LLMEngine:
         return LLMEngine(
             model,
             EngineConfig(
@@ -473,15 +482,27 @@ def main() -> None:
                 max_model_len=1024,
                 use_cuda_graphs=graphs,
                 compile_layers=compile_layers,
+                fast_decode=fast,
             ),
         )
 
     sections = set(args.sections.split(","))
-    variants = [("eager", False, False)] if "decode" in sections else []
-    if device.type == "cuda" and "decode" in sections:
-        variants.append(("CUDA graphs", True, False))
-        if args.compile:
-            variants.append(("compile + CUDA graphs", True, True))
+    wanted = args.variants.split(",") + (["compile"] if args.compile else [])
+    # (row name, CUDA graphs, torch.compile, serving fast paths); the first is the reference for token equality
+    table = {
+        "graphs-ref": ("CUDA graphs, reference paths (before)", True, False, False),
+        "eager-ref": ("eager, reference paths", False, False, False),
+        "eager": ("eager (no graphs)", False, False, True),
+        "graphs": ("CUDA graphs, fast paths", True, False, True),
+        "compile": ("compile + CUDA graphs", True, True, True),
+    }
+    variants = []
+    if "decode" in sections:
+        for key, v in table.items():
+            if key in wanted and (device.type == "cuda" or not v[1]):
+                variants.append(v)
+    if args.kernels and device.type == "cuda":
+        kernel_counts(model, engine_for, args.prompt_len)
     say("### Decode throughput (paged latent cache, absorbed MLA, greedy)")
     say()
     say(
@@ -492,14 +513,16 @@ def main() -> None:
     )
     say()
     say(
-        "| engine | batch | decode tok/s | ms/step | distinct experts/layer | GB read/step | GB/s | of roofline |"
+        "| engine | batch | decode tok/s | ms/step | distinct experts/layer | GB read/step | GB/s | of roofline "
+        "| greedy tokens equal to the first row's |"
     )
-    say("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    say("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    first_outputs: dict[int, list] = {}
     uniq_cache: dict[int, float] = {}
     ours_outputs: dict[int, list] = {}
-    for name, graphs, comp in variants:
+    for name, graphs, comp, fast in variants:
         try:
-            engine = engine_for(graphs, comp)
+            engine = engine_for(graphs, comp, fast=fast)
             for b in batches:
                 if b not in uniq_cache:
                     uniq_cache[b] = unique_experts_per_step(model, engine, b, args.prompt_len)
@@ -511,9 +534,16 @@ def main() -> None:
                 gbs = nbytes / step_s / 1e9
                 results[(name, b)] = r["tokens"] / r["decode_s"]
                 ours_outputs[b] = r["outputs"]
+                ref = first_outputs.setdefault(b, r["outputs"])
+                # tokens before each sequence's first difference (greedy: one change alters all after it)
+                equal = sum(
+                    next((i for i, (x, y) in enumerate(zip(a, c, strict=False)) if x != y), len(a))
+                    for a, c in zip(ref, r["outputs"], strict=True)
+                )
+                total = sum(len(a) for a in ref)
                 say(
                     f"| {name} | {b} | {r['tokens'] / r['decode_s']:.1f} | {step_s * 1e3:.2f} | {uniq_cache[b]:.1f} | "
-                    f"{nbytes / 1e9:.2f} | {gbs:.0f} | {gbs / ROOFLINE_GBS:.1%} |"
+                    f"{nbytes / 1e9:.2f} | {gbs:.0f} | {gbs / ROOFLINE_GBS:.1%} | {equal}/{total} |"
                 )
             del engine
         except Exception:
@@ -535,7 +565,7 @@ def main() -> None:
         del engine
     best = {b: max((v for (n, bb), v in results.items() if bb == b), default=None) for b in batches}
     try:
-        if "decode" not in sections:
+        if "ttft" not in sections:
             raise _Skip
         engine = engine_for(device.type == "cuda", False, max_seqs=8)
         t = ttft(engine, args.ttft_prompt, cfg.vocab_size)
@@ -566,6 +596,38 @@ def main() -> None:
 
 class _Skip(Exception):
     pass
+
+
+def kernel_counts(model, engine_for, prompt_len: int) -> None:
+    """GPU kernels launched by one eager decode step at batch 1, reference vs fast paths (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    say("### GPU kernels per decode step (batch 1, eager, torch.profiler)")
+    say()
+    say("| paths | kernels per step | per layer | GPU busy ms (sum of kernel times) |")
+    say("| --- | --- | --- | --- |")
+    for name, fast in (("reference", False), ("fast", True)):
+        try:
+            engine = engine_for(False, fast=fast, max_seqs=1)
+            seq = engine.add_request(
+                list(range(1, prompt_len + 1)), SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+            )
+            engine.step()
+            engine.step()
+            sync(engine.device)
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                engine.step()
+                sync(engine.device)
+            kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+            busy = sum(e.device_time for e in kernels) / 1e3
+            n_layers = model.config.n_layers
+            say(f"| {name} | {len(kernels)} | {len(kernels) / n_layers:.0f} | {busy:.2f} |")
+            engine.abort(seq)
+            del engine
+        except Exception:
+            traceback.print_exc()
+            say(f"| {name} | failed: {traceback.format_exc(limit=1).splitlines()[-1][:150]} |")
+    say()
 
 
 def hf_section(model, args, cfg, best, ours_outputs) -> None:

@@ -27,10 +27,26 @@ class PositionError(ValueError):
     """Tokens placed outside the positions the model (or the cache) was built for."""
 
 
+def derived(module: nn.Module, key: str, sources: tuple[Tensor, ...], build) -> Tensor:
+    """A tensor computed from parameters once (a concatenation, an fp32 copy, a reshaped absorbed weight) and
+    kept until a source changes (its storage or its version counter), so a decode step reads it instead of
+    rebuilding it. Used by the serving fast path only (`fast_decode`); not part of the state dict. A CUDA graph
+    captured over it keeps reading the copy it captured: recapture after changing weights in place."""
+    stamp = tuple((t.data_ptr(), t._version) for t in sources)
+    cache = module.__dict__.setdefault("_derived", {})
+    hit = cache.get(key)
+    if hit is None or hit[0] != stamp:
+        with torch.no_grad():
+            hit = cache[key] = (stamp, build())
+    return hit[1]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Norm and rotary embedding
 # ---------------------------------------------------------------------------------------------------------
 class RMSNorm(nn.Module):
+    fast_decode: bool = False  # serving: no fp32 casts around the fused kernel
+
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
@@ -38,6 +54,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # fp32 statistics whatever the activation dtype, as DeepSeek-V3 does.
+        if self.fast_decode and self.weight.dtype == x.dtype:
+            # The fused kernel accumulates in fp32 for bf16 input: no cast kernels in and out.
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).type_as(x)
 
 
@@ -167,6 +186,7 @@ class KVLatentCache(nn.Module):
 class MLA(nn.Module):
     # Pad v to the qk head dim on CUDA so SDPA can take the flash kernel (it needs equal head dims).
     pad_v_for_flash: bool = True
+    fast_decode: bool = False  # serving: `_forward_fast` whenever a cache is given
 
     def __init__(self, config: ModelConfig, layer_id: int):
         super().__init__()
@@ -190,6 +210,8 @@ class MLA(nn.Module):
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, start_pos: StartPos, cache: LatentCache | None
     ) -> Tensor:
+        if self.fast_decode and cache is not None:
+            return self._forward_fast(x, cos, sin, start_pos, cache)
         bsz, seqlen, _ = x.shape
         q = self.wq_b(self.q_norm(self.wq_a(x))) if self.q_lora_rank else self.wq(x)
         q = q.view(bsz, seqlen, self.n_heads, self.nope + self.rope)
@@ -244,12 +266,60 @@ class MLA(nn.Module):
         o_lat = torch.einsum("bhts,bsc->bthc", probs, c_all)
         return torch.einsum("bthc,hdc->bthd", o_lat, w[:, self.nope :])
 
+    def _forward_fast(
+        self, x: Tensor, cos: Tensor, sin: Tensor, start_pos: StartPos, cache: LatentCache
+    ) -> Tensor:
+        """The absorbed path in fewer kernels, for serving (decode is bound by kernel count, not bytes): one
+        GEMM for the q and kv-a projections, one RoPE for the query heads and the shared key, W_UK and W_UV
+        kept contiguous, and the latent and rope parts of the scores as one product over [c_kv | k_pe] (read
+        from the cache in one gather when it offers `update_joint`)."""
+        bsz, seqlen, _ = x.shape
+        h, r, nope, rope = self.n_heads, self.kv_lora_rank, self.nope, self.rope
+        first = self.wq_a if self.q_lora_rank else self.wq
+        w_in = derived(
+            self,
+            "w_in",
+            (first.weight, self.wkv_a.weight),
+            lambda: torch.cat([first.weight, self.wkv_a.weight]),
+        )
+        q, kv = F.linear(x, w_in).split([first.weight.shape[0], r + rope], dim=-1)
+        if self.q_lora_rank:
+            q = self.wq_b(self.q_norm(q))
+        q_nope, q_pe = q.view(bsz, seqlen, h, nope + rope).split([nope, rope], dim=-1)
+        c_kv, k_pe = kv.split([r, rope], dim=-1)
+        pe = apply_rope(torch.cat([q_pe, k_pe.unsqueeze(2)], dim=2), cos, sin)  # [B, T, H + 1, rope]
+        kv = torch.cat([self.kv_norm(c_kv), pe[:, :, h]], dim=-1)  # what the cache keeps: [B, T, r + rope]
+        wkv_b = self.wkv_b.weight
+        w_uk = derived(
+            self, "w_uk", (wkv_b,), lambda: wkv_b.view(h, nope + self.v_dim, r)[:, :nope].contiguous()
+        )
+        w_uv = derived(
+            self, "w_uv", (wkv_b,), lambda: wkv_b.view(h, nope + self.v_dim, r)[:, nope:].contiguous()
+        )
+        q_cat = torch.cat([torch.einsum("bthd,hdc->bthc", q_nope, w_uk), pe[:, :, :h]], dim=-1)
+        if hasattr(cache, "update_joint"):
+            kv_all, mask = cache.update_joint(self.layer_id, kv, start_pos)
+        else:
+            c_all, pe_all, mask = cache.update(self.layer_id, kv[..., :r], kv[..., r:], start_pos)
+            kv_all = torch.cat([c_all, pe_all], dim=-1)
+        kv_all = kv_all.to(q_cat.dtype)
+        scores = torch.einsum("bthc,bsc->bhts", q_cat, kv_all).float() * self.softmax_scale
+        if mask.dtype == torch.bool:
+            scores = torch.where(mask, scores, float("-inf"))
+        else:
+            scores = scores + mask
+        probs = scores.softmax(dim=-1).type_as(q_cat)
+        o_lat = torch.einsum("bhts,bsc->bthc", probs, kv_all[..., :r])
+        return self.wo(torch.einsum("bthc,hdc->bthd", o_lat, w_uv).flatten(2))
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Feed-forward, router and experts
 # ---------------------------------------------------------------------------------------------------------
 class MLP(nn.Module):
     """SwiGLU feed-forward: the dense layers' FFN and the shared experts."""
+
+    fast_decode: bool = False  # serving: w1 and w3 as one GEMM over a kept concatenation
 
     def __init__(self, dim: int, inter_dim: int):
         super().__init__()
@@ -258,6 +328,12 @@ class MLP(nn.Module):
         self.w3 = nn.Linear(dim, inter_dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fast_decode:
+            w1, w3 = self.w1.weight, self.w3.weight
+            gate, up = F.linear(x, derived(self, "w13", (w1, w3), lambda: torch.cat([w1, w3]))).chunk(
+                2, dim=-1
+            )
+            return self.w2(F.silu(gate) * up)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
@@ -281,6 +357,9 @@ class Router(nn.Module):
         )
         self.aux_loss: Tensor | None = None
         self.track_load = True
+        self.fast_decode = (
+            False  # serving: read a kept fp32 copy of the weight instead of casting it per call
+        )
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -290,7 +369,10 @@ class Router(nn.Module):
 
     def forward(self, x: Tensor, batch_shape: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
         """x [N, dim] -> (weights [N, k] fp32, indices [N, k] int64)."""
-        scores = F.linear(x.float(), self.weight.float()).sigmoid()
+        w = self.weight
+        if self.fast_decode and w.dtype != torch.float32:
+            w = derived(self, "w32", (w,), lambda: self.weight.float())
+        scores = F.linear(x.float(), w.float()).sigmoid()
         choice = scores.detach() + self.bias
         if self.n_groups > 1:
             grouped = choice.view(x.shape[0], self.n_groups, -1)
@@ -376,6 +458,7 @@ class RoutedExperts(nn.Module):
         self.w2 = nn.Parameter(torch.empty(n_experts, dim, inter_dim))
         self.w3 = nn.Parameter(torch.empty(n_experts, inter_dim, dim))
         self.use_grouped_mm: bool | None = None
+        self.fast_decode = False  # serving: `_forward_fast`
 
     def _grouped(self, x: Tensor) -> bool:
         if self.use_grouped_mm is not None:
@@ -383,6 +466,8 @@ class RoutedExperts(nn.Module):
         return grouped_mm_available() and x.is_cuda and x.dtype == torch.bfloat16
 
     def forward(self, x: Tensor, topk_idx: Tensor, topk_weight: Tensor) -> Tensor:
+        if self.fast_decode:
+            return self._forward_fast(x, topk_idx, topk_weight)
         n_tokens, k = topk_idx.shape
         flat = topk_idx.flatten()
         order = flat.argsort(stable=True)  # (token, slot) pairs sorted by expert
@@ -399,6 +484,34 @@ class RoutedExperts(nn.Module):
         y = _Permute.apply(y_sorted, inverse, order).view(n_tokens, k, -1)
         # [N,1,k] @ [N,k,dim]: the weighted sum over a token's experts in one batched matmul.
         return torch.bmm(topk_weight.unsqueeze(1).to(y.dtype), y).squeeze(1)
+
+    @torch.no_grad()
+    def _forward_fast(self, x: Tensor, topk_idx: Tensor, topk_weight: Tensor) -> Tensor:
+        """Inference only, the same arithmetic per expert in fewer kernels and no copy of the weights: the
+        training path's torch.cat of w1 and w3 copies every expert of the layer (0.74 GB per lite layer) each
+        call, which at decode costs ten times the experts' own reads. Here w1 and w3 are two grouped GEMMs
+        over views; the group offsets come from one searchsorted over the sorted expert ids; the unsort is
+        one scatter."""
+        n_tokens, k = topk_idx.shape
+        sorted_ids, order = topk_idx.flatten().sort(stable=True)
+        x_sorted = x[order // k]
+        if self._grouped(x):
+            ids = derived(
+                self,
+                "ids",
+                (self.w1,),  # rebuilt if the weights move to another device
+                lambda: torch.arange(self.n_experts, device=x.device, dtype=sorted_ids.dtype),
+            )
+            offs = torch.searchsorted(sorted_ids, ids, right=True, out_int32=True)
+            gate = torch._grouped_mm(x_sorted, self.w1.transpose(-2, -1), offs=offs)
+            up = torch._grouped_mm(x_sorted, self.w3.transpose(-2, -1), offs=offs)
+            y_sorted = torch._grouped_mm(F.silu(gate) * up, self.w2.transpose(-2, -1), offs=offs)
+        else:
+            counts = torch.bincount(sorted_ids, minlength=self.n_experts)
+            y_sorted = self._forward_loop(x_sorted, counts)
+        y = torch.empty_like(y_sorted)
+        y[order] = y_sorted
+        return torch.bmm(topk_weight.unsqueeze(1).to(y.dtype), y.view(n_tokens, k, -1)).squeeze(1)
 
     def _forward_grouped(self, x: Tensor, counts: Tensor) -> Tensor:
         offs = counts.cumsum(0).to(torch.int32)

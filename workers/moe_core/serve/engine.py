@@ -27,6 +27,7 @@ class EngineConfig:
     num_blocks: int | None = None  # default: enough for max_num_seqs full-length sequences
     use_cuda_graphs: bool = True
     compile_layers: bool = False
+    fast_decode: bool = True  # the model's serving paths (fewer kernels); False = the reference paths
     cache_dtype: torch.dtype | None = None  # default: the model's dtype
 
 
@@ -69,7 +70,11 @@ class LLMEngine:
             eos_token_ids=eos_token_ids,
         )
         self.runner = ModelRunner(
-            model, self.cache, use_cuda_graphs=cfg.use_cuda_graphs, compile_layers=cfg.compile_layers
+            model,
+            self.cache,
+            use_cuda_graphs=cfg.use_cuda_graphs,
+            compile_layers=cfg.compile_layers,
+            fast_decode=cfg.fast_decode,
         )
         self.device = param.device
         self.stats = EngineStats()

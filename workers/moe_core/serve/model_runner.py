@@ -38,6 +38,7 @@ class ModelRunner:
         use_cuda_graphs: bool = True,
         context_bucket: int = 256,
         compile_layers: bool = False,
+        fast_decode: bool = True,
     ):
         self.model = model
         self.cache = cache
@@ -50,6 +51,10 @@ class ModelRunner:
         for module in model.modules():
             if hasattr(module, "track_load"):
                 module.track_load = False
+            # The model's serving paths (model.py, `fast_decode`): same arithmetic, fewer kernels, no per-step
+            # copies of weights. False keeps the reference paths (benchmarks compare both).
+            if hasattr(module, "fast_decode"):
+                module.fast_decode = fast_decode
         self.layers = list(model.layers)
         if compile_layers:
             self.layers = [torch.compile(layer, fullgraph=False, dynamic=False) for layer in self.layers]

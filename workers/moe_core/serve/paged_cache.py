@@ -28,8 +28,10 @@ class PagedLatentCache:
         self.num_slots = num_blocks * block_size
         self.scratch_slot = self.num_slots
         rows = self.num_slots + 1
-        self.c_kv = torch.zeros(config.n_layers, rows, config.kv_lora_rank, dtype=dtype, device=device)
-        self.k_pe = torch.zeros(config.n_layers, rows, config.qk_rope_head_dim, dtype=dtype, device=device)
+        r = config.kv_lora_rank
+        # One row per slot holds [c_kv | k_pe], so the fast path writes and gathers both with one kernel each.
+        self.kv = torch.zeros(config.n_layers, rows, r + config.qk_rope_head_dim, dtype=dtype, device=device)
+        self.c_kv, self.k_pe = self.kv[..., :r], self.kv[..., r:]
         self.write_slots: Tensor | None = None  # [B*T]
         self.read_slots: Tensor | None = None  # [B, S]
         self.mask: Tensor | None = None  # [B, 1, T, S] bool
@@ -41,16 +43,26 @@ class PagedLatentCache:
 
     @property
     def nbytes(self) -> int:
-        return self.c_kv.numel() * self.c_kv.element_size() + self.k_pe.numel() * self.k_pe.element_size()
+        return self.kv.numel() * self.kv.element_size()
 
     def set_step(self, write_slots: Tensor, read_slots: Tensor, mask: Tensor) -> None:
         self.write_slots, self.read_slots, self.mask = write_slots, read_slots, mask
 
-    def update(self, layer_id: int, c_kv: Tensor, k_pe: Tensor, start_pos) -> tuple[Tensor, Tensor, Tensor]:
+    def _check_step(self) -> None:
         if self.write_slots is None:
             raise RuntimeError(
                 "PagedLatentCache.update before set_step: the model runner sets slots per step"
             )
+
+    def update_joint(self, layer_id: int, kv: Tensor, start_pos) -> tuple[Tensor, Tensor]:
+        """The fast path's update: kv [B, T, kv_lora_rank + rope] in, ([B, S, same], mask) out."""
+        self._check_step()
+        layer = self.kv[layer_id]
+        layer.index_copy_(0, self.write_slots, kv.reshape(-1, kv.shape[-1]).to(layer.dtype))
+        return layer[self.read_slots], self.mask
+
+    def update(self, layer_id: int, c_kv: Tensor, k_pe: Tensor, start_pos) -> tuple[Tensor, Tensor, Tensor]:
+        self._check_step()
         c_layer, pe_layer = self.c_kv[layer_id], self.k_pe[layer_id]
         c_layer.index_copy_(0, self.write_slots, c_kv.reshape(-1, c_kv.shape[-1]).to(c_layer.dtype))
         pe_layer.index_copy_(0, self.write_slots, k_pe.reshape(-1, k_pe.shape[-1]).to(pe_layer.dtype))
