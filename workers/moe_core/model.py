@@ -108,6 +108,23 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return out.flatten(-2).type_as(x)
 
 
+class _StepRope:
+    """apply_rope's arithmetic in fewer kernels for the serving path: out = x * [c, c] + swap(x) * [-s, s]
+    gives x0*c - x1*s and x1*c + x0*s, the same IEEE results. The expanded tables are built by the first layer
+    of a step and reused by the others (the memo holds the step's cos/sin, so their identity cannot be reused
+    by other tensors while it lives)."""
+
+    memo: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+
+    @classmethod
+    def apply(cls, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        m = cls.memo
+        if m is None or m[0] is not cos or m[1] is not sin:
+            m = cls.memo = (cos, sin, torch.stack((cos, cos), dim=-1), torch.stack((-sin, sin), dim=-1))
+        xf = x.float().unflatten(-1, (-1, 2))
+        return (xf * m[2] + xf.flip(-1) * m[3]).flatten(-2).type_as(x)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Latent KV cache (absorbed MLA decode)
 # ---------------------------------------------------------------------------------------------------------
@@ -287,7 +304,7 @@ class MLA(nn.Module):
             q = self.wq_b(self.q_norm(q))
         q_nope, q_pe = q.view(bsz, seqlen, h, nope + rope).split([nope, rope], dim=-1)
         c_kv, k_pe = kv.split([r, rope], dim=-1)
-        pe = apply_rope(torch.cat([q_pe, k_pe.unsqueeze(2)], dim=2), cos, sin)  # [B, T, H + 1, rope]
+        pe = _StepRope.apply(torch.cat([q_pe, k_pe.unsqueeze(2)], dim=2), cos, sin)  # [B, T, H + 1, rope]
         kv = torch.cat([self.kv_norm(c_kv), pe[:, :, h]], dim=-1)  # what the cache keeps: [B, T, r + rope]
         wkv_b = self.wkv_b.weight
         w_uk = derived(
