@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import boto3
@@ -70,14 +71,7 @@ def live_worker(cloud, tiny_artifact: Path) -> Iterator[str]:
         s3 = cloud.client("s3")
         for f in sorted(tiny_artifact.iterdir()):
             s3.put_object(Bucket=bucket, Key=f"models/tiny/{f.name}", Body=f.read_bytes())
-        table = boto3.resource(
-            "dynamodb",
-            endpoint_url=cloud.endpoint,
-            region_name=cloud.region,
-            aws_access_key_id="localcloud",
-            aws_secret_access_key="localcloud",
-        ).Table(d.physical["DeploymentsTable"])
-        table.put_item(
+        _table(cloud, "DeploymentsTable").put_item(
             Item={
                 "slot": "live",
                 "endpoint_id": "moe-v1",
@@ -97,8 +91,45 @@ def live_worker(cloud, tiny_artifact: Path) -> Iterator[str]:
             proc.wait(timeout=10)
 
 
+@pytest.fixture(scope="module")
+def seeded_run(cloud) -> str:
+    """A trained run in the deployed runs table, as the pipeline records one: GET /training-jobs lists it and
+    GET /training-jobs/{run_id} finds it, so their answers are checked against the document too."""
+    from moe_control.runs import Run
+
+    run = Run(
+        run_id="schemathesis-0123456789",
+        dataset="schemathesis",
+        manifest_uri="s3://moe-local-data/datasets/schemathesis/manifest.json",
+        status="TRAINED",
+        files=2,
+        total_bytes=4096,
+        max_steps=30,
+        training={"preset": "tiny", "max_steps": 30},
+        cluster="moe-training",
+        job_id="local-1",
+        artifact_uri="s3://moe-local-models/models/schemathesis-0123456789/",
+        task_token="never-shown",
+        attempts=1,
+        metrics={"final_loss": 2.5, "final_step": 30},
+    )
+    item = json.loads(run.model_dump_json(exclude_none=True), parse_float=Decimal)
+    _table(cloud, "RunsTable").put_item(Item=item)
+    return run.run_id
+
+
+def _table(cloud, logical_id: str):
+    return boto3.resource(
+        "dynamodb",
+        endpoint_url=cloud.endpoint,
+        region_name=cloud.region,
+        aws_access_key_id="localcloud",
+        aws_secret_access_key="localcloud",
+    ).Table(cloud.deployment.physical[logical_id])
+
+
 def test_generated_requests_get_no_server_error_and_answers_of_the_documented_schemas(
-    cloud, live_worker, tmp_path
+    cloud, live_worker, seeded_run, tmp_path
 ):
     api = cloud.apis["ControlApi"]
     (key,) = api.api_keys
@@ -110,21 +141,18 @@ def test_generated_requests_get_no_server_error_and_answers_of_the_documented_sc
     )
     assert served.status_code == 200, served.text  # the live worker answers through the API
     report_dir = Path(os.environ.get("SCHEMATHESIS_REPORT_DIR") or tmp_path)
-    cmd = [str(Path(sys.executable).parent / "schemathesis"), "run", str(REPO / "docs" / "openapi.json")]
+    # The seeded run's id as the path parameter: its lookup reaches the store and answers 200.
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(f'[parameters]\nrun_id = "{seeded_run}"\n')
+    cmd = [str(Path(sys.executable).parent / "schemathesis"), "--config-file", str(config), "run"]
+    cmd += [str(REPO / "docs" / "openapi.json")]
     # The document's server is /v1 (the stage): the origin is the local API's host and port.
     cmd += ["--origin", api.url.rsplit("/", 1)[0], "--header", f"x-api-key: {key}"]
     cmd += ["--checks", "not_a_server_error,response_schema_conformance"]
     cmd += ["--max-examples", str(MAX_EXAMPLES), "--seed", "20261130", "--workers", "1"]
     cmd += ["--generation-with-security-parameters", "false", "--generation-database", "none"]
-    cmd += [
-        "--request-timeout",
-        "60",
-        "--no-color",
-        "--report",
-        "json,junit",
-        "--report-dir",
-        str(report_dir),
-    ]
+    cmd += ["--request-timeout", "60", "--no-color", "--report", "json,junit,har"]
+    cmd += ["--report-dir", str(report_dir)]
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
     summary = run.stdout[run.stdout.find("SUMMARY") :] if "SUMMARY" in run.stdout else run.stdout[-3000:]
     print(summary)
@@ -138,3 +166,6 @@ def test_generated_requests_get_no_server_error_and_answers_of_the_documented_sc
     assert cases["with_failures"] == 0 and not report["errors"] and not report["failures"]
     assert cases["generated"] >= 8 * MAX_EXAMPLES // 2  # every operation was exercised, not skipped
     assert report["phases"]["coverage"]["status"] == report["phases"]["fuzzing"]["status"] == "success"
+    # every exchange is in the HAR file: the seeded run was found, and its task token was never answered
+    exchanges = max(report_dir.glob("har-*.json")).read_text()
+    assert f"/training-jobs/{seeded_run}" in exchanges and "never-shown" not in exchanges
