@@ -4,6 +4,8 @@ Hugging Face transformers' `DeepseekV3ForCausalLM.generate` on the same weights,
 
 On the GPU (one H200, `lite` preset, bf16, random init made on the GPU):
     PYTHONPATH=workers:layers/common:. python3 bench/bench_serve.py --preset lite --out $OUT
+Decode only, the reference paths (before) against the serving fast paths, plus GPU kernels per step:
+    ... bench/bench_serve.py --preset lite --sections decode --variants graphs-ref,graphs --kernels --out $OUT
 Hit rates of the policies on the recorded routing trace (CPU, no model):
     .venv/bin/python bench/bench_serve.py --simulate-only
 Debug on CPU: .venv/bin/python bench/bench_serve.py --preset tiny --device cpu --dtype float32
