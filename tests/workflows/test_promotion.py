@@ -36,6 +36,14 @@ def _package(cloud, metadata: dict[str, str], uri: str) -> str:
     )["ModelPackageArn"]
 
 
+def _live(cloud) -> dict | None:
+    table = cloud.deployment.physical["DeploymentsTable"]
+    item = cloud.client("dynamodb").get_item(
+        TableName=table, Key={"slot": {"S": "live"}}, ConsistentRead=True
+    )
+    return item.get("Item")
+
+
 def _approve(cloud, arn: str) -> None:
     cloud.client("sagemaker").update_model_package(ModelPackageArn=arn, ModelApprovalStatus="Approved")
 
@@ -57,6 +65,7 @@ def test_a_model_without_metrics_is_rejected_at_the_gates(cloud, alerts):
 def test_a_deployment_that_fails_is_rolled_back_and_alerted(cloud, alerts):
     bucket = cloud.deployment.physical["ModelBucket"]
     missing = f"s3://{bucket}/models/missing-{uuid.uuid4().hex[:6]}/"
+    live_before = _live(cloud)
     arn = _package(cloud, {"run_id": "r-missing", "artifact_uri": missing, "metric.loss": "3.0"}, missing)
     _approve(cloud, arn)
     version = arn.rsplit("/", 1)[-1]
@@ -68,7 +77,4 @@ def test_a_deployment_that_fails_is_rolled_back_and_alerted(cloud, alerts):
     )
     assert desc["status"] == "FAILED" and desc["error"] == "PromotionRolledBack", desc.get("cause")
     alerts.wait_for("rolled back")
-    live = cloud.client("dynamodb").get_item(
-        TableName=cloud.deployment.physical["DeploymentsTable"], Key={"slot": {"S": "live"}}
-    )
-    assert "Item" not in live  # nothing went live
+    assert _live(cloud) == live_before  # rolled back: the live slot is as it was
